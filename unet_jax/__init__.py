@@ -1,0 +1,1 @@
+"""unet-jax: the U-Net family in JAX/Flax."""
