@@ -1,0 +1,94 @@
+"""U-Net: parameter counts against a closed-form count, shapes, registry errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from unet_jax import models
+
+
+def _init(model, shape):
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+
+
+def unet_param_formula(features, depth, cin, cout, upsample="transpose"):
+    """Trainable parameters of the reference U-Net, counted layer by layer by hand."""
+
+    def block(ci, co):  # two bias-free 3x3 convs, each followed by BN (scale + shift)
+        return 9 * ci * co + 2 * co + 9 * co * co + 2 * co
+
+    total, ci = 0, cin
+    for level in range(depth):
+        total += block(ci, features * 2**level)
+        ci = features * 2**level
+    total += block(ci, features * 2**depth)
+    for level in reversed(range(depth)):
+        f = features * 2**level
+        k = 4 if upsample == "transpose" else 1  # 2x2 transposed conv, or 1x1 conv after resize
+        total += k * (2 * f) * f + f  # up-conv with bias
+        total += block(2 * f, f)
+    return total + features * cout + cout  # 1x1 head with bias
+
+
+def test_reference_unet_has_7763041_parameters():
+    model = models.create("unet", features=32, depth=4, in_channels=3, out_channels=1)
+    v = _init(model, (1, 64, 64, 3))
+    assert models.count_params(v["params"]) == 7_763_041  # the PyTorch brain-MRI U-Net
+
+
+@pytest.mark.parametrize(
+    "features,depth,cin,cout,up",
+    [(8, 3, 1, 1, "transpose"), (16, 4, 3, 2, "bilinear"), (4, 2, 2, 3, "transpose")],
+)
+def test_param_count_matches_formula(features, depth, cin, cout, up):
+    model = models.create(
+        "unet", features=features, depth=depth, in_channels=cin, out_channels=cout, upsample=up
+    )
+    v = _init(model, (1, 32, 32, cin))
+    assert models.count_params(v["params"]) == unet_param_formula(features, depth, cin, cout, up)
+
+
+@pytest.mark.parametrize("hw", [(37, 53), (64, 64), (31, 16)])
+@pytest.mark.parametrize("up", ["transpose", "bilinear"])
+def test_output_shape_equals_input_shape(hw, up):
+    model = models.create("unet", features=4, depth=3, in_channels=1, out_channels=2, upsample=up)
+    x = jax.random.normal(jax.random.key(1), (2, *hw, 1))
+    v = model.init(jax.random.key(0), x, train=False)
+    y = model.apply(v, x, train=False)
+    assert y.shape == (2, *hw, 2)
+    y_train, upd = model.apply(v, x, train=True, mutable=["batch_stats"])
+    assert y_train.shape == y.shape and np.all(np.isfinite(y_train))
+
+
+def test_padding_does_not_leak_between_images():
+    # Batch elements are independent in eval mode: predicting one image alone equals
+    # predicting it inside a batch (would fail if padding/cropping mixed up axes).
+    model = models.create("unet", features=4, depth=2, in_channels=1)
+    x = jax.random.normal(jax.random.key(2), (3, 21, 19, 1))
+    v = model.init(jax.random.key(0), x, train=False)
+    np.testing.assert_allclose(
+        model.apply(v, x, train=False)[1:2], model.apply(v, x[1:2], train=False), atol=1e-5
+    )
+
+
+def test_bf16_compute_keeps_float32_params_and_output():
+    model = models.create("unet", features=4, depth=2, in_channels=1, dtype=jnp.bfloat16)
+    x = jnp.ones((1, 16, 16, 1))
+    v = model.init(jax.random.key(0), x, train=False)
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(v["params"]))
+    assert model.apply(v, x, train=False).dtype == jnp.float32
+
+
+def test_registry_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown architecture 'vnet'.*unet"):
+        models.create("vnet")
+    with pytest.raises(ValueError, match="no option.*widht"):
+        models.create("unet", widht=3)
+    assert "unet" in models.available()
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    model = models.create("unet", features=4, depth=2, in_channels=3)
+    with pytest.raises(ValueError, match="3 channels"):
+        model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)

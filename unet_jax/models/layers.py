@@ -1,0 +1,121 @@
+"""Building blocks shared by the U-Net family (NHWC throughout)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Norm = Literal["batch", "group", "none"]
+Upsample = Literal["transpose", "bilinear"]
+
+# PyTorch's BatchNorm2d defaults (momentum 0.1 == flax momentum 0.9, eps 1e-5), so that
+# weights ported from the PyTorch twins behave identically.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def norm_layer(
+    norm: Norm,
+    *,
+    train: bool,
+    dtype: Any = None,
+    axis_name: str | None = None,
+    name: str | None = None,
+) -> Any:
+    """A normalisation layer (or identity) for `norm`.
+
+    `axis_name` syncs batch statistics across devices when the step runs under a mapped
+    axis of that name (flax's cross-replica batch norm).
+    """
+    if norm == "batch":
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=dtype,
+            axis_name=axis_name,
+            name=name,
+        )
+    if norm == "group":
+        return nn.GroupNorm(num_groups=None, group_size=16, epsilon=BN_EPSILON, dtype=dtype, name=name)
+    if norm == "none":
+        return lambda x: x
+    raise ValueError(f"unknown norm {norm!r}; expected one of 'batch', 'group', 'none'")
+
+
+class ConvBlock(nn.Module):
+    """(conv3x3 -> norm -> ReLU) x 2; convs carry a bias only when there is no norm."""
+
+    features: int
+    norm: Norm = "batch"
+    dtype: Any = None
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        for i in range(2):
+            x = nn.Conv(
+                self.features,
+                (3, 3),
+                padding=1,
+                use_bias=self.norm == "none",
+                dtype=self.dtype,
+                name=f"conv{i + 1}",
+            )(x)
+            x = norm_layer(
+                self.norm, train=train, dtype=self.dtype, axis_name=self.bn_axis_name, name=f"norm{i + 1}"
+            )(x)
+            x = nn.relu(x)
+        return x
+
+
+class UpSample(nn.Module):
+    """Doubles height and width and sets the channel count to `features`.
+
+    "transpose": a 2x2 stride-2 transposed convolution (the original U-Net's up-conv).
+    "bilinear": bilinear resize followed by a 1x1 convolution (fewer parameters, no
+    checkerboard artefacts).
+    """
+
+    features: int
+    mode: Upsample = "transpose"
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.mode == "transpose":
+            return nn.ConvTranspose(
+                self.features, (2, 2), strides=(2, 2), padding="VALID", dtype=self.dtype, name="up"
+            )(x)
+        if self.mode == "bilinear":
+            n, h, w, c = x.shape
+            x = jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear")
+            return nn.Conv(self.features, (1, 1), dtype=self.dtype, name="up")(x)
+        raise ValueError(f"unknown upsample mode {self.mode!r}; expected 'transpose' or 'bilinear'")
+
+
+def max_pool2(x: jax.Array) -> jax.Array:
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def pad_to_multiple(x: jax.Array, multiple: int) -> tuple[jax.Array, tuple[int, int, int, int]]:
+    """Zero-pads H and W of an NHWC array up to a multiple of `multiple`, split evenly.
+
+    Returns the padded array and (top, bottom, left, right) for `crop_padding`. DRIVE's
+    584x565 images are not a multiple of 2**depth; padding keeps every pooling exact.
+    """
+    h, w = x.shape[-3], x.shape[-2]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    pads = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
+    if ph or pw:
+        x = jnp.pad(x, ((0, 0), (pads[0], pads[1]), (pads[2], pads[3]), (0, 0)))
+    return x, pads
+
+
+def crop_padding(x: jax.Array, pads: tuple[int, int, int, int]) -> jax.Array:
+    top, bottom, left, right = pads
+    h, w = x.shape[-3], x.shape[-2]
+    return x[:, top : h - bottom, left : w - right, :]
