@@ -1,0 +1,107 @@
+"""End to end: `experiments.drive` on synthetic data, its outputs, and its bad-input errors."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import drive
+from unet_jax import losses, models
+from unet_jax.config import TrainConfig
+from unet_jax.training.loop import NonFiniteLossError, fit
+from unet_jax.training.state import create_train_state
+
+TINY = [
+    "--synthetic",
+    "--features",
+    "4",
+    "--depth",
+    "2",
+    "--patch-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--warmup-steps",
+    "5",
+    "--lr",
+    "1e-2",
+    "--no-progress",
+]
+
+
+@pytest.mark.slow
+def test_tiny_synthetic_run_learns_and_writes_everything(tmp_path):
+    wd = tmp_path / "run"
+    rc = drive.main(TINY + ["--steps", "40", "--log-every", "5", "--eval-every", "20", "--workdir", str(wd)])
+    assert rc == 0
+    records = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert len(train_losses) == 8
+    assert np.mean(train_losses[-2:]) < np.mean(train_losses[:2])  # it learns
+    assert [r["step"] for r in records if r["split"] == "val"] == [20, 40]
+
+    results = json.loads((wd / "results.json").read_text())
+    assert results["synthetic"] is True and results["dataset"] == "synthetic"
+    for key in ("dice", "auc", "sensitivity", "specificity", "accuracy", "iou"):
+        assert 0.0 <= results["test"][key] <= 1.0
+    config = json.loads((wd / "config.json").read_text())
+    assert config["dataset"] == "synthetic" and config["train"]["steps"] == 40
+
+    rows = (wd / "per_image.csv").read_text().splitlines()
+    assert len(rows) == 1 + 20 and rows[0].startswith("id,")
+    for suffix in ("prob", "pred", "overlay"):
+        assert len(list((wd / "predictions").glob(f"*_{suffix}.png"))) == 20
+    assert (wd / "curves.png").stat().st_size > 0
+    assert any((wd / "tb").glob("events.out.tfevents.*"))
+
+
+def test_missing_drive_names_paths_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("UNET_JAX_DRIVE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    wd = tmp_path / "run"
+    rc = drive.main(["--data-dir", str(tmp_path / "nowhere"), "--workdir", str(wd), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert str(tmp_path / "nowhere") in err and "training" in err
+    assert "Traceback" not in err
+    assert not wd.exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--arch", "vnet"), ("--loss", "hinge")])
+def test_unknown_choice_is_rejected_by_name(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        drive.main([flag, value])
+    assert e.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_invalid_number_names_the_flag(tmp_path, capsys):
+    assert drive.main(TINY + ["--patch-size", "30", "--workdir", str(tmp_path / "x")]) == 2
+    assert "--patch-size" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+    wd = tmp_path / "run"
+    wd.mkdir()
+    (wd / "results.json").write_text("{}")
+    assert drive.main(TINY + ["--steps", "1", "--workdir", str(wd)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (wd / "results.json").read_text() == "{}"
+
+
+def test_nan_loss_stops_at_its_step():
+    model = models.create("unet", features=2, depth=1, in_channels=1)
+    cfg = TrainConfig(steps=6, batch_size=2, log_every=3, warmup_steps=1)
+    state = create_train_state(model, cfg, (1, 8, 8, 1), jax.random.key(0))
+    ok = {
+        "image": np.ones((2, 8, 8, 1), np.float32),
+        "label": np.ones((2, 8, 8, 1), np.float32),
+        "mask": np.ones((2, 8, 8, 1), np.float32),
+    }
+    bad = {**ok, "image": np.full((2, 8, 8, 1), np.nan, np.float32)}
+    batches = iter([ok, ok, ok, ok, bad, ok])
+    with pytest.raises(NonFiniteLossError, match="step 5") as e:
+        fit(state, batches, cfg=cfg, loss_fn=losses.bce_loss, progress=False)
+    assert e.value.step == 5

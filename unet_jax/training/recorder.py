@@ -1,0 +1,39 @@
+"""Where training metrics go: metrics.jsonl (one JSON line per record) and TensorBoard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unet_jax.workdir import JsonlWriter
+
+
+class Recorder:
+    """Writes scalar records to `metrics.jsonl` and TensorBoard event files under `tb/`.
+
+    A record is a flat dict with `split` ("train", "val" or "test") and `step`; every other
+    numeric entry becomes a TensorBoard scalar named `split/key`.
+    """
+
+    def __init__(self, workdir: Path, *, append: bool = False):
+        from tensorboardX import SummaryWriter
+
+        self.jsonl = JsonlWriter(Path(workdir) / "metrics.jsonl", append=append)
+        self.tb = SummaryWriter(logdir=str(Path(workdir) / "tb"), flush_secs=30)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.jsonl.write(record)
+        split, step = record["split"], int(record["step"])
+        for key, value in record.items():
+            if key not in ("split", "step") and isinstance(value, (int, float, np.floating)):
+                self.tb.add_scalar(f"{split}/{key}", float(value), step)
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """Adds an (H, W, 3) uint8 or (H, W) image to TensorBoard."""
+        self.tb.add_image(tag, image if image.ndim == 3 else image[..., None], step, dataformats="HWC")
+
+    def close(self) -> None:
+        self.jsonl.close()
+        self.tb.close()

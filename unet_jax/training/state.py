@@ -1,0 +1,57 @@
+"""The training state pytree and the optimizer that updates it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from unet_jax.config import TrainConfig
+
+
+class TrainState(train_state.TrainState):
+    """flax's TrainState plus batch-norm running statistics (empty dict without BN)."""
+
+    batch_stats: Any = None
+
+
+def make_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Linear warmup from 0 to `lr`, then cosine decay to `lr * end_lr_fraction`."""
+    warmup = min(cfg.warmup_steps, max(cfg.steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=cfg.lr,
+        warmup_steps=warmup,
+        decay_steps=max(cfg.steps, warmup + 1),
+        end_value=cfg.lr * cfg.end_lr_fraction,
+    )
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    schedule = make_schedule(cfg)
+    if cfg.optimizer == "adam":
+        opt = optax.adam(schedule)
+    elif cfg.optimizer == "adamw":
+        opt = optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected 'adam' or 'adamw'")
+    if cfg.grad_clip > 0:
+        opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+    return opt
+
+
+def create_train_state(
+    model: nn.Module, cfg: TrainConfig, input_shape: tuple[int, ...], rng: jax.Array
+) -> TrainState:
+    """Initialises parameters on a dummy batch of `input_shape` (N, H, W, C)."""
+    variables = jax.jit(model.init, static_argnames="train")(rng, jnp.zeros(input_shape, jnp.float32), train=False)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=make_optimizer(cfg),
+        batch_stats=variables.get("batch_stats", {}),
+    )

@@ -1,0 +1,47 @@
+"""Pure, jit-able train and eval steps."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from unet_jax.training.state import TrainState
+
+LossFn = Callable[..., jax.Array]
+
+
+def _heads(outputs) -> list[jax.Array]:
+    # Deep-supervision networks return a list of heads in training mode.
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], loss_fn: LossFn) -> tuple[TrainState, dict]:
+    """One optimizer step on `batch` = {image (N,H,W,C), label (N,H,W,1), mask (N,H,W,1)}.
+
+    The loss is averaged over the network's heads (one for most networks). Returns the new
+    state and scalar metrics: loss, grad_norm.
+    """
+
+    def compute_loss(params):
+        outputs, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+        )
+        heads = _heads(outputs)
+        loss = sum(loss_fn(h, batch["label"], mask=batch["mask"]) for h in heads) / len(heads)
+        return loss, updates
+
+    (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+    return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def eval_step(state: TrainState, images: jax.Array) -> jax.Array:
+    """Vessel probabilities (N,H,W) for full images (N,H,W,C), batch norm in inference mode."""
+    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+    return jax.nn.sigmoid(logits[..., 0].astype(jnp.float32))
