@@ -38,12 +38,19 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def options(arch: str) -> set[str]:
+    """The configuration fields `create(arch, ...)` accepts."""
+    if arch not in _REGISTRY:
+        raise ValueError(f"unknown architecture {arch!r}; available: {', '.join(available())}")
+    return {f.name for f in dataclasses.fields(_REGISTRY[arch]) if f.init and f.name not in ("parent", "name")}
+
+
 def create(arch: str, **cfg) -> nn.Module:
     """Builds the network `arch` with fields `cfg` (e.g. features, depth, in_channels)."""
     if arch not in _REGISTRY:
         raise ValueError(f"unknown architecture {arch!r}; available: {', '.join(available())}")
     cls = _REGISTRY[arch]
-    fields = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
+    fields = options(arch)
     unknown = sorted(set(cfg) - fields)
     if unknown:
         raise ValueError(f"{arch} has no option(s) {', '.join(unknown)}; its options are {', '.join(sorted(fields))}")
@@ -66,5 +73,6 @@ __all__ = [
     "count_params",
     "create",
     "load_torchvision_resnet34",
+    "options",
     "register",
 ]
