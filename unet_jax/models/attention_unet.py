@@ -11,9 +11,9 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from unet_jax.models.layers import ConvBlock, Norm, Upsample, UpSample, crop_padding, max_pool2, norm_layer, pad_to_multiple
+from unet_jax.models.layers import Norm, norm_layer
+from unet_jax.models.unet import UNet
 
 
 class AttentionGate(nn.Module):
@@ -63,7 +63,7 @@ class AttentionGate(nn.Module):
         return x * alpha
 
 
-class AttentionUNet(nn.Module):
+class AttentionUNet(UNet):
     """Attention U-Net on NHWC inputs; returns logits of shape (N, H, W, out_channels).
 
     The U-Net of `unet.UNet` (same fields, same parameter names for the shared layers)
@@ -74,36 +74,7 @@ class AttentionUNet(nn.Module):
     to a multiple of 2**depth and the output cropped back.
     """
 
-    features: int = 32
-    depth: int = 4
-    in_channels: int = 3
-    out_channels: int = 1
-    norm: Norm = "batch"
-    upsample: Upsample = "transpose"
-    dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
-    bn_axis_name: str | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        if x.ndim != 4 or x.shape[-1] != self.in_channels:
-            raise ValueError(
-                f"AttentionUNet expects NHWC input with {self.in_channels} channels, got shape {x.shape}"
-            )
-        x, pads = pad_to_multiple(x, 2**self.depth)
-        block = lambda f, name: ConvBlock(f, self.norm, self.dtype, self.bn_axis_name, name=name)
-
-        skips = []
-        for level in range(self.depth):
-            x = block(self.features * 2**level, f"enc{level + 1}")(x, train)
-            skips.append(x)
-            x = max_pool2(x)
-        x = block(self.features * 2**self.depth, "bottleneck")(x, train)
-        for level in reversed(range(self.depth)):
-            f = self.features * 2**level
-            gate = AttentionGate(max(f // 2, 1), self.norm, self.dtype, self.bn_axis_name, name=f"att{level + 1}")
-            skip = gate(skips[level], x, train)
-            x = UpSample(f, self.upsample, self.dtype, name=f"up{level + 1}")(x)
-            x = jnp.concatenate([x, skip], axis=-1)
-            x = block(f, f"dec{level + 1}")(x, train)
-        x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="head")(x)
-        return crop_padding(x, pads).astype(jnp.float32)
+    def gate_skip(self, level: int, skip: jax.Array, coarser: jax.Array, train: bool) -> jax.Array:
+        f = self.features * 2**level
+        gate = AttentionGate(max(f // 2, 1), self.norm, self.dtype, self.bn_axis_name, name=f"att{level + 1}")
+        return gate(skip, coarser, train)

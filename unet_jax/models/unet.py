@@ -32,7 +32,7 @@ class UNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
             raise ValueError(
-                f"UNet expects NHWC input with {self.in_channels} channels, got shape {x.shape}"
+                f"{type(self).__name__} expects NHWC input with {self.in_channels} channels, got shape {x.shape}"
             )
         x, pads = pad_to_multiple(x, 2**self.depth)
         block = lambda f, name: ConvBlock(f, self.norm, self.dtype, self.bn_axis_name, name=name)
@@ -45,8 +45,17 @@ class UNet(nn.Module):
         x = block(self.features * 2**self.depth, "bottleneck")(x, train)
         for level in reversed(range(self.depth)):
             f = self.features * 2**level
+            skip = self.gate_skip(level, skips[level], x, train)
             x = UpSample(f, self.upsample, self.dtype, name=f"up{level + 1}")(x)
-            x = jax.numpy.concatenate([x, skips[level]], axis=-1)
+            x = jax.numpy.concatenate([x, skip], axis=-1)
             x = block(f, f"dec{level + 1}")(x, train)
         x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="head")(x)
         return crop_padding(x, pads).astype(jax.numpy.float32)
+
+    def gate_skip(self, level: int, skip: jax.Array, coarser: jax.Array, train: bool) -> jax.Array:
+        """What of encoder level `level`'s feature reaches the decoder: all of it, here.
+
+        `coarser` is the decoder feature one level down, before upsampling; subclasses
+        (Attention U-Net) use it to gate the skip.
+        """
+        return skip
