@@ -23,18 +23,27 @@ from unet_jax.training.state import create_train_state
 from unet_jax.training.steps import train_step
 
 
-def measure(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_size=32, steps=30, loss="bce_dice"):
-    model = models.create(arch, features=features, depth=depth, in_channels=channels, out_channels=1)
-    cfg = TrainConfig(steps=steps + 2, batch_size=batch_size)
-    state = create_train_state(model, cfg, (1, patch_size, patch_size, channels), jax.random.key(0))
+def setup(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_size=32, loss="bce_dice"):
+    """(jitted step, state, device batch) for a synthetic batch with ~12% foreground."""
+    cfg = {"in_channels": channels, "out_channels": 1}
+    if "features" in models.options(arch):  # fixed-width networks (resunet34) have none
+        cfg.update(features=features, depth=depth)
+    model = models.create(arch, **cfg)
+    state = create_train_state(model, TrainConfig(), (1, patch_size, patch_size, channels), jax.random.key(0))
     rng = np.random.default_rng(0)
     shape = (batch_size, patch_size, patch_size)
-    batch = jax.device_put({
+    batch = {
         "image": rng.random(shape + (channels,), np.float32),
         "label": (rng.random(shape + (1,)) < 0.12).astype(np.float32),
         "mask": np.ones(shape + (1,), np.float32),
-    })
+    }
     step = jax.jit(functools.partial(train_step, loss_fn=losses.get_loss(loss)), donate_argnums=0)
+    return step, state, batch
+
+
+def measure(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_size=32, steps=30, loss="bce_dice"):
+    step, state, batch = setup(arch, features, depth, channels, patch_size, batch_size, loss)
+    batch = jax.device_put(batch)
     t = time.perf_counter()
     state, m = step(state, batch)
     jax.block_until_ready(m)

@@ -1,0 +1,121 @@
+"""JAX vs PyTorch train step on the same network, timed in one run (CPU or GPU).
+
+    uv run python -m benchmarks.torch_step --arch unet --features 16 --patch-size 64 --batch-size 32
+
+Both sides: the same architecture (the PyTorch twin from benchmarks/torch_reference),
+BCE + soft Dice on logits, Adam(W), one optimizer step per iteration, batch norm in
+training mode. Each side is warmed up, blocks on its result every step (JAX:
+block_until_ready; PyTorch: .item() / cuda.synchronize), and reports the median. The
+two are interleaved in rounds so that machine noise hits both. PyTorch runs eagerly
+with its default (oneDNN on CPU) kernels and channels-last memory format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def torch_step_fn(arch: str, features: int, depth: int, channels: int, lr: float = 2e-3):
+    import torch
+
+    from benchmarks.torch_reference import attention_unet, resunet, unet, unetpp
+
+    if arch == "unet":
+        net = unet.UNet(features, depth, channels, 1)
+    elif arch == "attention_unet":
+        net = attention_unet.AttentionUNet(features, depth, channels, 1)
+    elif arch == "unetpp":
+        net = unetpp.UNetPlusPlus(features=features, depth=depth, in_channels=channels, out_channels=1)
+    elif arch == "resunet34":
+        net = resunet.ResUNet34(in_channels=channels, out_channels=1)
+    else:
+        raise ValueError(f"no PyTorch twin for {arch!r}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = net.to(device).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+
+    def loss_fn(logits, y):
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+        p = torch.sigmoid(logits)
+        dice = 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
+        return bce + dice
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        out = net(x)
+        heads = out if isinstance(out, (list, tuple)) else [out]
+        loss = sum(loss_fn(h, y) for h in heads) / len(heads)
+        loss.backward()
+        opt.step()
+        return loss.item()  # synchronises
+
+    def to_dev(a):
+        return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last).to(device)
+
+    return step, to_dev, device, torch.__version__
+
+
+def main() -> None:
+    import jax
+
+    from benchmarks.train_step import setup
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="unet")
+    p.add_argument("--features", type=int, default=16)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--patch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--steps-per-round", type=int, default=8)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+
+    jstep, state, batch = setup(a.arch, a.features, a.depth, a.channels, a.patch_size, a.batch_size)
+    x, y = batch["image"], batch["label"]
+    batch = jax.device_put(batch)
+    t = time.perf_counter()
+    state, m = jstep(state, batch)
+    jax.block_until_ready(m)
+    jax_first = time.perf_counter() - t
+
+    tstep, to_dev, device, torch_version = torch_step_fn(a.arch, a.features, a.depth, a.channels)
+    tx, ty = to_dev(x), to_dev(y)
+    t = time.perf_counter()
+    tstep(tx, ty)
+    torch_first = time.perf_counter() - t
+
+    jax_times, torch_times = [], []
+    for _ in range(a.rounds):
+        for _ in range(a.steps_per_round):
+            t = time.perf_counter()
+            state, m = jstep(state, batch)
+            jax.block_until_ready(m)
+            jax_times.append(time.perf_counter() - t)
+        for _ in range(a.steps_per_round):
+            t = time.perf_counter()
+            tstep(tx, ty)
+            torch_times.append(time.perf_counter() - t)
+    jm, tm = float(np.median(jax_times)), float(np.median(torch_times))
+    r = {
+        "arch": a.arch, "features": a.features, "depth": a.depth, "channels": a.channels,
+        "patch_size": a.patch_size, "batch_size": a.batch_size, "device": str(jax.devices()[0].device_kind),
+        "torch_device": device, "jax": jax.__version__, "torch": torch_version,
+        "jax_first_step_s": jax_first, "torch_first_step_s": torch_first,
+        "jax_median_step_s": jm, "torch_median_step_s": tm,
+        "jax_images_per_s": a.batch_size / jm, "torch_images_per_s": a.batch_size / tm,
+        "jax_over_torch_speed": tm / jm, "steps_timed_each": len(jax_times),
+    }
+    print(json.dumps(r, indent=2))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(r, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
