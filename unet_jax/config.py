@@ -29,6 +29,7 @@ class DataConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     synthetic: bool = False
+    workers: int = 0  # grain worker processes producing patches (0: a thread in the training process)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,10 @@ class TrainConfig:
     eval_every: int = 250
     log_every: int = 25
     threshold: float = 0.5
+    precision: str = "fp32"  # fp32 | bf16 (bf16 activations/convs; float32 params, optimizer, loss)
+    bn_sync: bool = True  # batch-norm statistics over the global batch (False: per device)
+    checkpoint_every: int = 250  # save the latest checkpoint every N steps (and at the last step)
+    keep: int = 2  # latest checkpoints retained (the best-by-validation one is kept separately)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -68,22 +69,34 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def prepare_workdir(path: Path, *, overwrite: bool = False) -> Path:
+def prepare_workdir(path: Path, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Creates the work directory; refuses one that already holds a run unless `overwrite`.
 
     Refusing protects a finished run's results and checkpoints from a mistyped command.
+    `resume` accepts the folder of an unfinished run as it is (the caller checks that the
+    run is compatible and restores it).
     """
     path = Path(path)
+    if overwrite and resume:
+        raise WorkdirError("--overwrite and --resume exclude each other")
     if path.exists() and not path.is_dir():
         raise WorkdirError(f"--workdir {path} exists and is not a directory")
+    if resume:
+        if (path / "results.json").exists():
+            raise WorkdirError(f"--workdir {path} holds a finished run (results.json); there is nothing to resume")
+        if not (path / "config.json").exists():
+            raise WorkdirError(f"--resume: --workdir {path} holds no run to resume (no config.json)")
+        return path
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise WorkdirError(
             f"--workdir {path} already holds a run (found {', '.join(sorted(p.name for p in path.iterdir())[:4])}); "
-            "choose another --workdir or pass --overwrite to replace it"
+            "choose another --workdir, pass --resume to continue an interrupted run, or --overwrite to replace it"
         )
     path.mkdir(parents=True, exist_ok=True)
-    for stale in ("results.json",) if overwrite else ():
-        (path / stale).unlink(missing_ok=True)
+    if overwrite:
+        (path / "results.json").unlink(missing_ok=True)
+        # The old run's checkpoints would otherwise pass for this run's (and --resume from them).
+        shutil.rmtree(path / "checkpoints", ignore_errors=True)
     return path
 
 

@@ -1,7 +1,12 @@
-"""The training loop: feeds batches to the jitted step, logs, evaluates, stops on NaN."""
+"""The training loop: feeds batches to the jitted step, logs, evaluates, checkpoints, stops on NaN.
+
+The step is data-parallel over every device (see :mod:`unet_jax.training.parallel`); on one
+device it computes exactly what :func:`unet_jax.training.steps.train_step` computes.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import queue
@@ -16,9 +21,11 @@ from tqdm.auto import tqdm
 from unet_jax.config import TrainConfig
 from unet_jax.evaluation import evaluate_binary
 from unet_jax.inference import predict_probs
+from unet_jax.training import parallel
+from unet_jax.training.checkpoint import Checkpointer
 from unet_jax.training.recorder import Recorder
 from unet_jax.training.state import TrainState, make_schedule
-from unet_jax.training.steps import LossFn, eval_step, train_step
+from unet_jax.training.steps import LossFn, eval_step
 from unet_jax.visualize import overlay
 
 
@@ -47,7 +54,11 @@ class EvalSet:
 class FitStats:
     first_step_s: float  # the first step, jit compilation included
     images_per_s: float  # steady state: every step after the first, evaluation excluded
-    train_wall_s: float  # the whole loop, evaluation included
+    train_wall_s: float  # the whole loop, evaluation and checkpointing included
+    step_traces: int = 0  # times the train step was traced (compiled): 1 in a healthy run
+    step_cache_size: int = 0  # compiled variants in the step's jit cache: 1 in a healthy run
+    devices: int = 1
+    checkpoint_s: float = 0.0  # time spent writing checkpoints
 
 
 def make_predict_fn(state: TrainState) -> Callable[[np.ndarray], jax.Array]:
@@ -56,27 +67,52 @@ def make_predict_fn(state: TrainState) -> Callable[[np.ndarray], jax.Array]:
     return functools.partial(fn, state)
 
 
-def _prefetch(it: Iterator[Any], size: int = 2) -> Iterator[Any]:
-    """Pulls from `it` in a background thread so host-side batching overlaps the step."""
+def _prefetch(it: Iterator[Any], sharding=None, size: int = 2) -> Iterator[tuple[Any, Any]]:
+    """Pulls from `it` in a background thread so host-side batching overlaps the step.
+
+    Yields ``(batch, data_state)``: the batch already placed on the devices (split over the
+    mesh's ``data`` axis when `sharding` is given) and `it`'s ``get_state()`` taken right
+    after producing it (None for iterators without state). The thread reads ahead, so the
+    iterator's own state is not the state of the batch being trained on; this one is.
+    Closing the generator stops the thread.
+    """
     q: queue.Queue = queue.Queue(maxsize=size)
     sentinel = object()
+    stop = threading.Event()
+    get_state = getattr(it, "get_state", None)
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
 
     def worker():
         try:
             for item in it:
-                q.put(jax.device_put(item))
+                # A copy: the iterator may reuse and mutate the objects of its state.
+                state = copy.deepcopy(get_state()) if get_state is not None else None
+                batch = parallel.put_batch(item, sharding) if sharding is not None else jax.device_put(item)
+                if not put((batch, state)):
+                    return
         except BaseException as e:  # surfaced in the consumer thread
-            q.put(e)
-        q.put(sentinel)
+            put(e)
+        put(sentinel)
 
-    threading.Thread(target=worker, daemon=True).start()
-    while True:
-        item = q.get()
-        if item is sentinel:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    threading.Thread(target=worker, daemon=True, name="batch-prefetch").start()
+    try:
+        while True:
+            item = q.get()
+            if item is sentinel:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def validate(state: TrainState, val: EvalSet, threshold: float) -> dict[str, float]:
@@ -93,27 +129,46 @@ def fit(
     recorder: Recorder | None = None,
     val: EvalSet | None = None,
     progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> tuple[TrainState, FitStats]:
     """Runs `cfg.steps - state.step` optimizer steps; returns the final state and timings.
 
+    `batches` yields this process's share of each global batch (all of it in a
+    single-process run); the step splits the global batch over `mesh` (default: every
+    device). The returned state is replicated over the mesh.
+
     Losses stay on the device between log points (no per-step host sync); at each log
-    point they are fetched together and checked, so a NaN is reported at its exact step.
+    point they are fetched together and checked, so a NaN is reported at its exact step
+    (and never checkpointed: pending losses are checked before every save).
+
+    With a `checkpointer`, the latest state is saved every ``checkpointer.every`` steps and
+    at the final step, and the best by validation Dice at evaluation steps. Evaluation and
+    checkpoint writing are excluded from the steady-state images/s.
     """
-    step_fn = jax.jit(functools.partial(train_step, loss_fn=loss_fn), donate_argnums=0)
+    mesh = mesh if mesh is not None else parallel.make_data_mesh()
+    parallel.check_batch_size(cfg.batch_size, mesh)
+    step_fn = parallel.TrainStep(loss_fn, mesh)
+    state = parallel.replicate(state, mesh)
     schedule = make_schedule(cfg)
     start_step = int(state.step)
     pending: list[tuple[int, dict]] = []
     first_step_s = float("nan")
-    steady_time, steady_images, eval_time = 0.0, 0, 0.0
+    steady_time, steady_images, eval_time, ckpt_time = 0.0, 0, 0.0, 0.0
     t_loop = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    show = progress and jax.process_index() == 0
+    bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", disable=not show, dynamic_ncols=True)
 
-    def flush(step: int) -> None:
+    def check_finite() -> list:
         fetched = jax.device_get([m for _, m in pending])
         for (s, _), m in zip(pending, fetched):
             loss = float(m["loss"])
             if not np.isfinite(loss):
                 raise NonFiniteLossError(s, loss)
+        return fetched
+
+    def flush(step: int) -> None:
+        fetched = check_finite()
         s, m = pending[-1][0], fetched[-1]
         losses = [float(f["loss"]) for f in fetched]
         ips = steady_images / steady_time if steady_time > 0 else float("nan")
@@ -130,43 +185,60 @@ def fit(
         bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{ips:.1f}")
         pending.clear()
 
+    it = _prefetch(batches, parallel.data_sharding(mesh))
     try:
-        it = _prefetch(batches)
         t_prev = time.perf_counter()
         for step in range(start_step + 1, cfg.steps + 1):
-            batch = next(it)
+            batch, data_state = next(it)
             state, m = step_fn(state, batch)
             pending.append((step, m))
-            n_images = len(batch["image"])
+            n_images = int(batch["image"].shape[0])  # the global batch
             if step == start_step + 1:
                 jax.block_until_ready(m)
                 first_step_s = time.perf_counter() - t_prev
                 t_prev = time.perf_counter()
             is_log = step % cfg.log_every == 0 or step == cfg.steps
             is_eval = val is not None and (step % cfg.eval_every == 0 or step == cfg.steps)
-            if is_log or is_eval:
+            is_ckpt = checkpointer is not None and checkpointer.due(step, cfg.steps)
+            sync = is_log or is_eval or is_ckpt
+            if sync:
                 jax.block_until_ready(m)
             if step > start_step + 1:
                 # Time since the previous synchronisation point, excluding evaluation.
                 now = time.perf_counter()
                 steady_images += n_images
-                if is_log or is_eval:
+                if sync:
                     steady_time += now - t_prev
                     t_prev = now
             if is_log or is_eval:
                 flush(step)
+            elif is_ckpt:
+                check_finite()  # never save a NaN state; the losses stay pending for the next log
             if is_eval:
                 t_eval = time.perf_counter()
-                summary = validate(state, val, cfg.threshold)
+                eval_state = parallel.local_copy(state)
+                summary = validate(eval_state, val, cfg.threshold)
                 if recorder:
                     recorder.write({"split": "val", "step": step, **summary})
-                    probs = predict_probs(make_predict_fn(state), val.images[:1])
+                    probs = predict_probs(make_predict_fn(eval_state), val.images[:1])
                     recorder.image("val/overlay", overlay(probs[0] >= cfg.threshold, val.labels[0], val.fovs[0]), step)
-                bar.write(f"step {step}: val dice {summary['dice']:.4f} auc {summary.get('auc', float('nan')):.4f}")
+                if jax.process_index() == 0:
+                    bar.write(f"step {step}: val dice {summary['dice']:.4f} auc {summary.get('auc', float('nan')):.4f}")
                 eval_time += time.perf_counter() - t_eval
+                if checkpointer is not None:
+                    t_ckpt = time.perf_counter()
+                    checkpointer.offer_best(step, state, data_state, summary["dice"])
+                    ckpt_time += time.perf_counter() - t_ckpt
+                t_prev = time.perf_counter()
+            if is_ckpt:
+                # Last: everything of this step (logs, validation, best) is done when it lands.
+                t_ckpt = time.perf_counter()
+                checkpointer.save_latest(step, state, data_state)
+                ckpt_time += time.perf_counter() - t_ckpt
                 t_prev = time.perf_counter()
             bar.update(1)
     finally:
+        it.close()
         bar.close()
     # Images counted since the last sync but not timed would inflate the rate; all steps end
     # on a log point (the last step always is), so counts and times cover the same steps.
@@ -174,5 +246,9 @@ def fit(
         first_step_s=first_step_s,
         images_per_s=steady_images / steady_time if steady_time > 0 else float("nan"),
         train_wall_s=time.perf_counter() - t_loop,
+        step_traces=step_fn.traces,
+        step_cache_size=step_fn.cache_size(),
+        devices=int(mesh.devices.size),
+        checkpoint_s=ckpt_time,
     )
     return state, stats

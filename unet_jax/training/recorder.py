@@ -17,11 +17,13 @@ class Recorder:
     numeric entry becomes a TensorBoard scalar named `split/key`.
     """
 
-    def __init__(self, workdir: Path, *, append: bool = False):
+    def __init__(self, workdir: Path, *, append: bool = False, purge_step: int | None = None):
+        """`append` continues an existing metrics.jsonl; `purge_step` makes TensorBoard drop
+        earlier events at steps >= it (a resumed run re-logs the steps after its checkpoint)."""
         from tensorboardX import SummaryWriter
 
         self.jsonl = JsonlWriter(Path(workdir) / "metrics.jsonl", append=append)
-        self.tb = SummaryWriter(logdir=str(Path(workdir) / "tb"), flush_secs=30)
+        self.tb = SummaryWriter(logdir=str(Path(workdir) / "tb"), flush_secs=30, purge_step=purge_step)
 
     def write(self, record: dict[str, Any]) -> None:
         self.jsonl.write(record)
