@@ -61,10 +61,13 @@ class FitStats:
     checkpoint_s: float = 0.0  # time spent writing checkpoints
 
 
+# One jit object for the whole process, so every validation reuses its compiled program.
+_jitted_eval_step = jax.jit(eval_step)
+
+
 def make_predict_fn(state: TrainState) -> Callable[[np.ndarray], jax.Array]:
     """A jitted (N,H,W,C) -> (N,H,W) probability function bound to `state`'s weights."""
-    fn = jax.jit(eval_step)
-    return functools.partial(fn, state)
+    return functools.partial(_jitted_eval_step, state)
 
 
 def _prefetch(it: Iterator[Any], sharding=None, size: int = 2) -> Iterator[tuple[Any, Any]]:
@@ -115,9 +118,11 @@ def _prefetch(it: Iterator[Any], sharding=None, size: int = 2) -> Iterator[tuple
         stop.set()
 
 
-def validate(state: TrainState, val: EvalSet, threshold: float) -> dict[str, float]:
+def validate(state: TrainState, val: EvalSet, threshold: float) -> tuple[dict[str, float], np.ndarray]:
+    """Within-FOV metrics on the validation images, and their probability maps (N,H,W)."""
     probs = predict_probs(make_predict_fn(state), val.images)
-    return evaluate_binary(probs, val.labels, val.fovs, ids=val.ids, threshold=threshold, with_auc=True).summary
+    summary = evaluate_binary(probs, val.labels, val.fovs, ids=val.ids, threshold=threshold, with_auc=True).summary
+    return summary, probs
 
 
 def fit(
@@ -217,10 +222,9 @@ def fit(
             if is_eval:
                 t_eval = time.perf_counter()
                 eval_state = parallel.local_copy(state)
-                summary = validate(eval_state, val, cfg.threshold)
+                summary, probs = validate(eval_state, val, cfg.threshold)
                 if recorder:
                     recorder.write({"split": "val", "step": step, **summary})
-                    probs = predict_probs(make_predict_fn(eval_state), val.images[:1])
                     recorder.image("val/overlay", overlay(probs[0] >= cfg.threshold, val.labels[0], val.fovs[0]), step)
                 if jax.process_index() == 0:
                     bar.write(f"step {step}: val dice {summary['dice']:.4f} auc {summary.get('auc', float('nan')):.4f}")

@@ -46,7 +46,7 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from unet_jax.training.state import TrainState
-from unet_jax.training.steps import LossFn, _heads
+from unet_jax.training.steps import LossFn, heads_loss
 
 DATA = "data"
 
@@ -179,17 +179,10 @@ class TrainStep:
             # change XLA's fusion enough to move results by an ulp, and the one-device step
             # should be bit-identical to steps.train_step.
             gather = (lambda x: lax.all_gather(x, DATA, axis=0, tiled=True)) if n > 1 else (lambda x: x)
-            label, mask = gather(batch["label"]), gather(batch["mask"])
+            global_targets = {**batch, "label": gather(batch["label"]), "mask": gather(batch["mask"])}
 
             def compute_loss(params):
-                outputs, updates = state.apply_fn(
-                    {"params": params, "batch_stats": state.batch_stats},
-                    batch["image"],
-                    train=True,
-                    mutable=["batch_stats"],
-                )
-                heads = [gather(h) for h in _heads(outputs)]
-                loss = sum(loss_fn(h, label, mask=mask) for h in heads) / len(heads)
+                loss, updates = heads_loss(state, params, global_targets, loss_fn, gather)
                 # Every device holds this same global loss; the gradient psum (implicit,
                 # see the module docstring) adds the n copies, hence the 1/n.
                 return (loss / n if n > 1 else loss), (loss, updates)

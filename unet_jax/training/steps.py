@@ -18,25 +18,38 @@ def _heads(outputs) -> list[jax.Array]:
     return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
+def heads_loss(
+    state: TrainState,
+    params,
+    batch: dict[str, jax.Array],
+    loss_fn: LossFn,
+    gather: Callable[[jax.Array], jax.Array] = lambda x: x,
+) -> tuple[jax.Array, dict]:
+    """Training-mode forward on `batch` and the loss averaged over the network's heads.
+
+    `gather` is applied to each head's logits before the loss (the data-parallel step
+    all-gathers them so the loss covers the global batch; `batch`'s labels and mask must
+    then be the gathered ones). Returns (loss, mutable collection updates).
+    """
+    outputs, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats},
+        batch["image"],
+        train=True,
+        mutable=["batch_stats"],
+    )
+    heads = [gather(h) for h in _heads(outputs)]
+    loss = sum(loss_fn(h, batch["label"], mask=batch["mask"]) for h in heads) / len(heads)
+    return loss, updates
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], loss_fn: LossFn) -> tuple[TrainState, dict]:
     """One optimizer step on `batch` = {image (N,H,W,C), label (N,H,W,1), mask (N,H,W,1)}.
 
     The loss is averaged over the network's heads (one for most networks). Returns the new
     state and scalar metrics: loss, grad_norm.
     """
-
-    def compute_loss(params):
-        outputs, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
-            train=True,
-            mutable=["batch_stats"],
-        )
-        heads = _heads(outputs)
-        loss = sum(loss_fn(h, batch["label"], mask=batch["mask"]) for h in heads) / len(heads)
-        return loss, updates
-
-    (loss, updates), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(lambda p: heads_loss(state, p, batch, loss_fn), has_aux=True)
+    (loss, updates), grads = grad_fn(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
     return state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
