@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.torch_reference.unet import ConvBlock, UpSample, crop_padding, pad_to_multiple
+from benchmarks.torch_reference.unet import UNet
 
 
 class AttentionGate(nn.Module):
@@ -31,34 +31,14 @@ class AttentionGate(nn.Module):
         return x * alpha
 
 
-class AttentionUNet(nn.Module):
+class AttentionUNet(UNet):
     """Attention U-Net, NCHW -> logits NCHW; the twin UNet plus a gate "att{l}" on every skip."""
 
     def __init__(self, features: int = 32, depth: int = 4, in_channels: int = 3, out_channels: int = 1):
-        super().__init__()
-        self.depth = depth
-        ci = in_channels
-        for level in range(depth):
-            setattr(self, f"enc{level + 1}", ConvBlock(ci, features * 2**level))
-            ci = features * 2**level
-        self.bottleneck = ConvBlock(ci, features * 2**depth)
+        super().__init__(features, depth, in_channels, out_channels)
         for level in range(depth):
             f = features * 2**level
             setattr(self, f"att{level + 1}", AttentionGate(f, 2 * f, max(f // 2, 1)))
-            setattr(self, f"up{level + 1}", UpSample(2 * f, f))
-            setattr(self, f"dec{level + 1}", ConvBlock(2 * f, f))
-        self.head = nn.Conv2d(features, out_channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, pads = pad_to_multiple(x, 2**self.depth)
-        skips = []
-        for level in range(self.depth):
-            x = getattr(self, f"enc{level + 1}")(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.bottleneck(x)
-        for level in reversed(range(self.depth)):
-            skip = getattr(self, f"att{level + 1}")(skips[level], x)
-            x = getattr(self, f"up{level + 1}")(x)
-            x = getattr(self, f"dec{level + 1}")(torch.cat([x, skip], dim=1))
-        return crop_padding(self.head(x), pads)
+    def gate_skip(self, level: int, skip: torch.Tensor, coarser: torch.Tensor) -> torch.Tensor:
+        return getattr(self, f"att{level + 1}")(skip, coarser)

@@ -75,6 +75,11 @@ class UNet(nn.Module):
             x = F.max_pool2d(x, 2)
         x = self.bottleneck(x)
         for level in reversed(range(self.depth)):
+            skip = self.gate_skip(level, skips[level], x)
             x = getattr(self, f"up{level + 1}")(x)
-            x = getattr(self, f"dec{level + 1}")(torch.cat([x, skips[level]], dim=1))
+            x = getattr(self, f"dec{level + 1}")(torch.cat([x, skip], dim=1))
         return crop_padding(self.head(x), pads)
+
+    def gate_skip(self, level: int, skip: torch.Tensor, coarser: torch.Tensor) -> torch.Tensor:
+        """The encoder feature that reaches the decoder (all of it; the attention twin gates it)."""
+        return skip
