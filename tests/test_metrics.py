@@ -198,13 +198,15 @@ def test_summarize_global_and_per_case_mean(case):
     out = metrics.summarize(metrics.confusion_counts(preds, labels, mask=mask, per_case=True))
     per_case = np_counts(p, y, w, 0.5, axis=(1, 2))
     total = [c.sum() for c in per_case]
-    expected_keys = set(metrics.METRICS) | {f"{k}_per_case_mean" for k in metrics.METRICS} | {"num_cases"}
+    expected_keys = (set(metrics.METRICS) | {f"{k}_per_case_mean" for k in metrics.METRICS}
+                     | {f"{k}_per_case_median" for k in metrics.METRICS} | {"num_cases", "num_cases_empty"})
     assert set(out) == expected_keys
     assert all(isinstance(v, float) for v in out.values())
     assert out["num_cases"] == p.shape[0]
     for name, ref in NP_METRICS.items():
         np.testing.assert_allclose(out[name], ref(*total), rtol=1e-5, err_msg=name)
         np.testing.assert_allclose(out[f"{name}_per_case_mean"], ref(*per_case).mean(), rtol=1e-5)
+        np.testing.assert_allclose(out[f"{name}_per_case_median"], np.median(ref(*per_case)), rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- ROC AUC

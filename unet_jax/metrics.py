@@ -9,9 +9,12 @@ the same spatial shape (trailing 1 accepted, broadcasting allowed); pixels with 
 ignored.
 
 Workflow: :func:`confusion_counts` gives :class:`ConfusionCounts` (global with
-``axis=None``, per case with ``per_case=True``); the functions in :data:`METRICS` map counts
-to ratios elementwise, so they work on global and per-case counts alike; :func:`summarize`
-reports both the global (pooled) and the per-case mean figures.
+``axis=None``, per image with ``per_case=True``); :func:`class_confusion_counts` does the
+same one-vs-rest for each class of a multi-class prediction (a trailing class axis);
+:func:`sum_by_case` pools per-image counts into per-case (per-volume, per-patient) counts;
+the functions in :data:`METRICS` map counts to ratios elementwise, so they work on global,
+per-case and per-class counts alike; :func:`summarize` reports the global (pooled) figures
+and the mean and median over cases.
 
 Zero denominators: a ratio ``num / den`` with ``den == 0`` is **1.0 when the prediction
 agrees with the label** (``FP + FN == 0``: nothing to find and nothing found) and **0.0
@@ -19,12 +22,15 @@ otherwise**. So an empty prediction on an empty label scores Dice = IoU = precis
 sensitivity = 1; an empty label with false positives has sensitivity ``0/0 -> 0.0``; an
 empty prediction with false negatives has precision ``0/0 -> 0.0``; an all-masked case
 scores 1 everywhere. Divisions use a double ``jnp.where``, so neither values nor gradients
-are NaN.
+are NaN. Averages over many cases can instead leave out the cases whose label is empty
+(``summarize(..., ignore_empty=True)``, MONAI's ``DiceMetric`` convention), since a
+perfect score for "nothing to find, nothing found" inflates the mean when many are empty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -39,6 +45,7 @@ __all__ = [
     "METRICS",
     "ConfusionCounts",
     "accuracy",
+    "class_confusion_counts",
     "confusion_counts",
     "dice",
     "iou",
@@ -46,6 +53,7 @@ __all__ = [
     "roc_auc",
     "sensitivity",
     "specificity",
+    "sum_by_case",
     "summarize",
 ]
 
@@ -137,6 +145,63 @@ def confusion_counts(
     return ConfusionCounts(tp=count(pb & y), fp=count(pb & ~y), tn=count(~pb & ~y), fn=count(~pb & y))
 
 
+def class_confusion_counts(
+    preds: ArrayLike,
+    labels: ArrayLike,
+    num_classes: int,
+    *,
+    mask: ArrayLike | None = None,
+    per_case: bool = False,
+) -> ConfusionCounts:
+    """One-vs-rest counts for every class of a multi-class segmentation.
+
+    Class ``k``'s counts are those of the binary task "pixel is class k", with the
+    predicted class ``argmax`` of the probabilities.
+
+    Args:
+      preds: probabilities or logits ``(..., H, W, num_classes)``, or integer class ids
+        ``(..., H, W)``.
+      labels: integer class ids ``(..., H, W)`` (a trailing 1 accepted).
+      num_classes: classes including background.
+      mask: optional per-pixel weights ``(..., H, W)`` (trailing 1 accepted).
+      per_case: keep the leading case axis (else everything is pooled).
+
+    Returns:
+      :class:`ConfusionCounts` of float32 arrays of shape ``(num_classes,)``, or
+      ``(cases, num_classes)`` with ``per_case``.
+    """
+    p = jnp.asarray(preds)
+    ids = p if _is_integral(p) else jnp.argmax(p, axis=-1)
+    shape = ids.shape
+    y = _to_pixel_shape(labels, shape).astype(jnp.int32)
+    pred_1h = jax.nn.one_hot(ids, num_classes, dtype=jnp.float32) > 0
+    label_1h = jax.nn.one_hot(y, num_classes, dtype=jnp.float32) > 0
+    w = jnp.ones(shape, jnp.float32) if mask is None else _to_pixel_shape(mask, shape).astype(jnp.float32)
+    w = w[..., None]
+    axis = tuple(range(1 if per_case else 0, len(shape)))
+    if per_case and len(shape) < 2:
+        raise ValueError(f"per_case=True needs a leading case axis, got shape {shape}")
+
+    def count(indicator: Array) -> Array:
+        return jnp.sum(indicator.astype(jnp.float32) * w, axis=axis)
+
+    return ConfusionCounts(
+        tp=count(pred_1h & label_1h), fp=count(pred_1h & ~label_1h),
+        tn=count(~pred_1h & ~label_1h), fn=count(~pred_1h & label_1h),
+    )
+
+
+def sum_by_case(counts: ConfusionCounts, case_index: ArrayLike, num_cases: int) -> ConfusionCounts:
+    """Per-case counts: the per-image `counts` (leading axis) summed over each case's images.
+
+    `case_index[i]` in ``[0, num_cases)`` is the case of image ``i`` (e.g. the patient of
+    an MRI slice); a volume's Dice is then computed from all its voxels at once, not
+    averaged over its slices. jit-friendly (``jax.ops.segment_sum``).
+    """
+    idx = jnp.asarray(case_index, jnp.int32)
+    return ConfusionCounts(*(jax.ops.segment_sum(jnp.asarray(c), idx, num_segments=num_cases) for c in counts))
+
+
 # --------------------------------------------------------------------------- ratios
 
 
@@ -189,31 +254,72 @@ METRICS: dict[str, Callable[[ConfusionCounts], Array]] = {
 }
 
 
-def summarize(counts_per_case: ConfusionCounts) -> dict[str, float]:
-    """Global and per-case-mean figures for every metric in :data:`METRICS` (host side).
+_EMPTY_UNDEFINED = ("dice", "iou", "sensitivity")  # figures left out for empty labels by ignore_empty
+
+
+def summarize(
+    counts_per_case: ConfusionCounts,
+    *,
+    ignore_empty: bool = False,
+    class_ids: Sequence[int] | None = None,
+) -> dict[str, float]:
+    """Global figures and their mean and median over cases, for every metric in :data:`METRICS`.
+
+    Host side (numpy, float64 sums: totals over many images can exceed float32's 2**24).
 
     Args:
-      counts_per_case: counts with a leading case axis, e.g. from
-        ``confusion_counts(..., per_case=True)``.
+      counts_per_case: counts with a leading case axis, ``(cases,)`` for a binary task
+        (e.g. from ``confusion_counts(..., per_case=True)`` or :func:`sum_by_case`), or
+        ``(cases, classes)`` for several foreground classes, one-vs-rest (e.g. the
+        foreground columns of :func:`class_confusion_counts`).
+      ignore_empty: leave a case out of the per-case Dice, IoU and sensitivity figures
+        when its label has no foreground (of that class): MONAI's ``ignore_empty``. Those
+        figures are undefined there (``0/0``); otherwise they count as 1 when nothing is
+        predicted either and 0 when something is (see the module docstring).
+      class_ids: names of the class columns for the per-class keys (default 1, 2, ...).
 
     Returns:
-      A dict of Python floats with, for each ``name`` in :data:`METRICS`:
+      A dict of Python floats, for each ``name`` in :data:`METRICS`:
 
-      * ``name``: the **global** figure, metric of the counts summed over cases (every
-        pixel pooled, the usual DRIVE convention);
-      * ``name + "_per_case_mean"``: the metric of each case, averaged over cases.
+      * ``name``: the **global** figure, the metric of the counts summed over cases (every
+        pixel pooled, the DRIVE convention); with several classes, the mean over classes;
+      * ``name + "_per_case_mean"`` and ``"_per_case_median"``: over cases, of each
+        case's figure (with several classes: the mean over the classes scored there);
+        NaN when every case is left out;
+      * with several classes, the same three per class as ``name + "_class<k>"...``;
 
-      plus ``"num_cases"``.
+      plus ``num_cases``, and ``num_cases_empty`` (cases without foreground; with several
+      classes, (case, class) pairs).
     """
-    # Sum on the host in float64: totals over many images can exceed float32's 2**24.
-    per_case = ConfusionCounts(*(np.asarray(c, np.float64).reshape(-1) for c in counts_per_case))
-    total = ConfusionCounts(*(c.sum() for c in per_case))
+    per_case = ConfusionCounts(*(np.asarray(c, np.float64) for c in counts_per_case))
+    if per_case.tp.ndim == 1:
+        per_case = ConfusionCounts(*(c[:, None] for c in per_case))
+    num_classes = per_case.tp.shape[1]
+    class_ids = list(class_ids) if class_ids is not None else list(range(1, num_classes + 1))
+    total = ConfusionCounts(*(c.sum(axis=0) for c in per_case))
+    empty = (per_case.tp + per_case.fn) == 0
     out: dict[str, float] = {}
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, fn in METRICS.items():
-        out[name] = float(fn(total))
-    for name, fn in METRICS.items():
-        out[f"{name}_per_case_mean"] = float(np.mean(np.asarray(fn(per_case), np.float64)))
-    out["num_cases"] = float(per_case.tp.size)
+        values = np.asarray(fn(per_case), np.float64)  # (cases, classes)
+        if ignore_empty and name in _EMPTY_UNDEFINED:
+            values = np.where(empty, np.nan, values)
+        stats[name] = (np.asarray(fn(total), np.float64), values)
+    for name, (pooled, values) in stats.items():
+        out[name] = float(pooled.mean())
+    for name, (pooled, values) in stats.items():
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: every case left out
+            case_values = np.nanmean(values, axis=1)
+            out[f"{name}_per_case_mean"] = float(np.nanmean(case_values))
+            out[f"{name}_per_case_median"] = float(np.nanmedian(case_values))
+            if num_classes > 1:
+                for j, k in enumerate(class_ids):
+                    out[f"{name}_class{k}"] = float(pooled[j])
+                    out[f"{name}_class{k}_per_case_mean"] = float(np.nanmean(values[:, j]))
+                    out[f"{name}_class{k}_per_case_median"] = float(np.nanmedian(values[:, j]))
+    out["num_cases"] = float(per_case.tp.shape[0])
+    out["num_cases_empty"] = float(empty.sum())
     return out
 
 
