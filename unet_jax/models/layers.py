@@ -119,3 +119,11 @@ def crop_padding(x: jax.Array, pads: tuple[int, int, int, int]) -> jax.Array:
     top, bottom, left, right = pads
     h, w = x.shape[-3], x.shape[-2]
     return x[:, top : h - bottom, left : w - right, :]
+
+
+def output_logits(x: jax.Array, pads: tuple[int, int, int, int]) -> jax.Array:
+    """The head's output cropped back to the input size, in float32 at least.
+
+    bfloat16 logits would round the loss; float64 (parity tests under x64) stays float64.
+    """
+    return crop_padding(x, pads).astype(jnp.promote_types(x.dtype, jnp.float32))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import unfreeze
 
-from unet_jax.models.layers import ConvBlock, crop_padding, norm_layer, pad_to_multiple
+from unet_jax.models.layers import ConvBlock, norm_layer, output_logits, pad_to_multiple
 from unet_jax.models.port import PortError, to_numpy, torch_to_flax
 
 RESNET34_BLOCKS = (3, 4, 6, 3)  # basic blocks per stage (He et al. 2016, Table 1)
@@ -119,7 +119,7 @@ class ResUNet34(nn.Module):
                 x = jnp.concatenate([x, skip], axis=-1)
             x = ConvBlock(f, "batch", self.dtype, self.bn_axis_name, name=f"dec{k}")(x, train)
         x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="head")(x)
-        return crop_padding(x, pads).astype(jnp.float32)
+        return output_logits(x, pads)
 
 
 def adapt_stem_weight(weight: np.ndarray, in_channels: int) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from unet_jax.models.layers import ConvBlock, Norm, Upsample, UpSample, crop_padding, max_pool2, pad_to_multiple
+from unet_jax.models.layers import ConvBlock, Norm, Upsample, UpSample, max_pool2, output_logits, pad_to_multiple
 
 
 class UNet(nn.Module):
@@ -50,7 +50,7 @@ class UNet(nn.Module):
             x = jax.numpy.concatenate([x, skip], axis=-1)
             x = block(f, f"dec{level + 1}")(x, train)
         x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="head")(x)
-        return crop_padding(x, pads).astype(jax.numpy.float32)
+        return output_logits(x, pads)
 
     def gate_skip(self, level: int, skip: jax.Array, coarser: jax.Array, train: bool) -> jax.Array:
         """What of encoder level `level`'s feature reaches the decoder: all of it, here.

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unet_jax.models.layers import ConvBlock, Norm, Upsample, UpSample, crop_padding, max_pool2, pad_to_multiple
+from unet_jax.models.layers import ConvBlock, Norm, Upsample, UpSample, max_pool2, output_logits, pad_to_multiple
 
 
 class UNetPlusPlus(nn.Module):
@@ -102,8 +102,6 @@ class UNetPlusPlus(nn.Module):
 
         columns = range(1, last + 1) if self.deep_supervision else [self.depth]
         return [
-            crop_padding(nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name=f"head{j}")(nodes[0, j]), pads).astype(
-                jnp.float32
-            )
+            output_logits(nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name=f"head{j}")(nodes[0, j]), pads)
             for j in columns
         ]
