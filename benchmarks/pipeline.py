@@ -6,8 +6,8 @@
 Uses the training images of real DRIVE when found (--data-dir, else $UNET_JAX_DRIVE_DIR,
 else /work/shared/data/DRIVE, else ./data/DRIVE), preprocessed like `experiments.drive`
 (green channel, CLAHE), otherwise the synthetic generator (labelled as such in the output).
-The pipeline is the one `experiments.drive` trains from (`_train_batches`: random patches,
-flips/rot90, intensity jitter, batched); workers=0 is grain's in-process prefetch thread,
+The pipeline is the one the training engine reads (`unet_jax.data.make_train_iterator` over
+the preprocessed images held in memory: random patches, flips/rot90, intensity jitter, batched); workers=0 is grain's in-process prefetch thread,
 N>0 adds N `mp_prefetch` worker processes. The consumer only pulls batches, so the rate
 is the pipeline's ceiling. The train step's rate is `benchmarks.train_step.measure` (the
 jitted step alone, same patch size and batch). Writes benchmarks/results/pipeline_cpu.json.
@@ -26,31 +26,28 @@ OUT = Path(__file__).parent / "results" / "pipeline_cpu.json"
 
 
 def _train_set(data_dir: str | None, channels: str = "green"):
-    """(EvalSet of the DRIVE training images, source label); synthetic when DRIVE is absent."""
-    from experiments.drive import _eval_set
-    from unet_jax.data import make_synthetic_drive
+    """(the preprocessed DRIVE training images in memory, source label); synthetic when DRIVE is absent."""
+    from unet_jax import data
+    from unet_jax.config import PreprocessConfig
 
+    pre = PreprocessConfig(channels=channels)
     candidates = [data_dir, os.environ.get("UNET_JAX_DRIVE_DIR"), "/work/shared/data/DRIVE", "data/DRIVE"]
-    pre = dict(channels=channels, clahe=True, gamma=1.0)
-    for c in candidates:
-        if c and (Path(c) / "training").is_dir():
-            from unet_jax.data import load_drive
-
-            return _eval_set(load_drive(Path(c), "train"), pre), f"DRIVE ({c}, 20 training images)"
-    train, _ = make_synthetic_drive(seed=0)
-    return _eval_set(train, pre), "SYNTHETIC (DRIVE not found; 20 generated 584x565 images)"
+    found = next((c for c in candidates if c and (Path(c) / "training").is_dir()), None)
+    dataset = data.get("drive", data_dir=found, preprocess=pre) if found else data.get("synthetic", preprocess=pre)
+    train = dataset.train()
+    source = data.InMemorySource([dataset.preprocess(train[i]) for i in range(len(train))])
+    label = f"DRIVE ({found}, 20 training images)" if found else "SYNTHETIC (DRIVE not found; 20 generated 584x565 images)"
+    return source, label
 
 
 def measure_pipeline(train_set, *, workers: int, patch_size: int, batch_size: int, seconds: float) -> dict:
-    from experiments.drive import _train_batches
-    from unet_jax.config import DataConfig, RunConfig, TrainConfig
+    from unet_jax.data import make_train_iterator
 
-    cfg = RunConfig(data=DataConfig(patch_size=patch_size, workers=workers), train=TrainConfig(batch_size=batch_size))
     t0 = time.perf_counter()
-    it = iter(_train_batches(train_set, cfg, batch_size))
+    it = iter(make_train_iterator(train_set, patch_size=patch_size, batch_size=batch_size, worker_count=workers))
     b = next(it)  # starts the workers / prefetch thread
     startup = time.perf_counter() - t0
-    assert b["image"].shape == (batch_size, patch_size, patch_size, train_set.images.shape[-1])
+    assert b["image"].shape == (batch_size, patch_size, patch_size, train_set[0].image.shape[-1])
     for _ in range(5):  # fill the buffers' steady state
         next(it)
     n, t0 = 0, time.perf_counter()
@@ -87,7 +84,7 @@ def main() -> None:
         print(f"workers={w}: {r['patches_per_s']:.0f} patches/s ({r['batches_per_s']:.1f} batches/s; "
               f"startup {r['startup_s']:.1f}s)", flush=True)
         rows.append(r)
-    step = measure(features=a.features, channels=train_set.images.shape[-1], patch_size=a.patch_size,
+    step = measure(features=a.features, channels=train_set[0].image.shape[-1], patch_size=a.patch_size,
                    batch_size=a.batch_size, steps=a.step_steps)
     print(f"train step alone: {step['images_per_s']:.1f} images/s (median of {a.step_steps} steps)", flush=True)
     best = max(rows, key=lambda r: r["patches_per_s"])

@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import drive
-from unet_jax.data import make_synthetic_drive
+from unet_jax import data
 from unet_jax.training import checkpoint
 from unet_jax.training.checkpoint import Checkpointer
 
@@ -27,7 +27,7 @@ class SimulatedCrash(Exception):
 @pytest.fixture
 def tiny_data(monkeypatch):
     """Four 96x96 synthetic training images (2 train, 2 val) and two test images."""
-    monkeypatch.setattr(drive, "_load_data", lambda cfg, *_: make_synthetic_drive(4, 2, size=(96, 96), seed=cfg.train.seed))
+    monkeypatch.setattr(data, "get", lambda name, **kw: data.SyntheticDrive(4, 2, size=(96, 96), **kw))
 
 
 @pytest.fixture

@@ -77,15 +77,15 @@ def test_real_drive_splits(drive_splits):
     assert [e.id for e in test] == [f"{i:02d}" for i in range(1, 21)]
     for e in train + test:
         assert e.image.shape == (584, 565, 3) and e.image.dtype == np.uint8
-        assert e.label.shape == e.fov.shape == (584, 565)
-        assert e.label.dtype == e.fov.dtype == np.uint8
-        assert set(np.unique(e.label)) <= {0, 1} and set(np.unique(e.fov)) == {0, 1}
+        assert e.label.shape == e.valid.shape == (584, 565)
+        assert e.label.dtype == e.valid.dtype == np.uint8
+        assert set(np.unique(e.label)) <= {0, 1} and set(np.unique(e.valid)) == {0, 1}
         # Vessels are ~8-15% of the FOV; a broken threshold or channel mix-up
         # would give ~0% or ~100%.
-        frac = e.label[e.fov > 0].mean()
+        frac = e.label[e.valid > 0].mean()
         assert 0.05 < frac < 0.2, (e.id, frac)
         # RGB order: fundus images are red-dominated inside the FOV.
-        mean = e.image[e.fov > 0].mean(axis=0)
+        mean = e.image[e.valid > 0].mean(axis=0)
         assert mean[0] > mean[1] > mean[2], (e.id, mean)
 
 
@@ -100,7 +100,7 @@ def test_real_drive_tfds_round_trip(drive_splits, tmp_path):
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g.image, w.image)
             np.testing.assert_array_equal(g.label, w.label)
-            np.testing.assert_array_equal(g.fov, w.fov)
+            np.testing.assert_array_equal(g.valid, w.valid)
     assert "tensorflow" not in sys.modules
     assert len(list(tmp_path.glob("drive_*/drive/1.0.0/*.array_record*"))) == 2
 
@@ -116,7 +116,7 @@ def test_tfds_prepare_fake_layout(tmp_path):
     rng = np.random.default_rng(0)
     for split, i in (("training", "21"), ("test", "01")):
         ex = make_synthetic_example(i, rng)
-        _write_example(drive, split, i, ex.image, ex.label, ex.fov)
+        _write_example(drive, split, i, ex.image, ex.label, ex.valid)
     before = sorted((p, p.stat().st_mtime_ns) for p in drive.rglob("*"))
     tfds_dir = tmp_path / "tfds"
 
@@ -134,7 +134,7 @@ def test_tfds_prepare_fake_layout(tmp_path):
     load_drive(drive, "train", tfds_dir=tfds_dir)
     assert info[0].stat().st_mtime_ns == mtime
     # Changing the source data gives a new cache key (no stale arrays).
-    _write_example(drive, "training", "22", want[0].image, want[0].label, want[0].fov)
+    _write_example(drive, "training", "22", want[0].image, want[0].label, want[0].valid)
     assert [e.id for e in load_drive(drive, "train", tfds_dir=tfds_dir)] == ["21", "22"]
     assert "tensorflow" not in sys.modules
 
@@ -277,6 +277,7 @@ def test_resolve_not_found_message(tmp_path, monkeypatch):
         DRIVE_URL,
         "1st_manual",
         "UNET_JAX_DRIVE_DIR",
+        "--synthetic",  # what a command-line user can run without DRIVE
     ):
         assert expected in msg, expected
 

@@ -9,7 +9,7 @@ import pytest
 
 from experiments import drive
 from unet_jax import losses, models
-from unet_jax.config import TrainConfig
+from unet_jax.config import RunConfig, TrainConfig
 from unet_jax.training.loop import NonFiniteLossError, fit
 from unet_jax.training.state import create_train_state
 
@@ -47,7 +47,9 @@ def test_tiny_synthetic_run_learns_and_writes_everything(tmp_path):
     for key in ("dice", "auc", "sensitivity", "specificity", "accuracy", "iou"):
         assert 0.0 <= results["test"][key] <= 1.0
     config = json.loads((wd / "config.json").read_text())
-    assert config["dataset"] == "synthetic" and config["train"]["steps"] == 40
+    assert config["data"]["dataset"] == "synthetic" and config["train"]["steps"] == 40
+    assert RunConfig.from_dict(config) == drive.build(drive.build_parser().parse_args(TINY + ["--steps", "40",
+        "--log-every", "5", "--eval-every", "20"]))[0]  # config.json rebuilds the run's configuration
 
     rows = (wd / "per_image.csv").read_text().splitlines()
     assert len(rows) == 1 + 20 and rows[0].startswith("id,")

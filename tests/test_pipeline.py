@@ -17,9 +17,13 @@ import pytest
 
 from unet_jax.data import (
     AugmentConfig,
+    Example,
+    InMemorySource,
+    MappedSource,
     PreprocessConfig,
     make_train_dataset,
     make_train_iterator,
+    preprocess_example,
     preprocess_image,
 )
 
@@ -45,6 +49,21 @@ def _coord_data(n: int = 3):
     return images, labels, fovs
 
 
+def _source(images, labels, fovs, in_memory=True):
+    examples = [Example(str(k), im, lab, fov) for k, (im, lab, fov) in enumerate(zip(images, labels, fovs))]
+    source = InMemorySource(examples)
+    # The per-access path: the same examples through a source that is not held in memory.
+    return source if in_memory else MappedSource(source, lambda e: e)
+
+
+def _ds(images, labels, fovs, **kw):
+    return make_train_dataset(_source(images, labels, fovs), **kw)
+
+
+def _it(images, labels, fovs, **kw):
+    return make_train_iterator(_source(images, labels, fovs), **kw)
+
+
 def _first_batches(it, n=3):
     return list(itertools.islice(iter(it), n))
 
@@ -57,7 +76,7 @@ def _decode(batch):
 
 def test_batch_shapes_and_dtypes():
     images, labels, fovs = _coord_data()
-    (b,) = _first_batches(make_train_iterator(images, labels, fovs, patch_size=P, batch_size=8), 1)
+    (b,) = _first_batches(_it(images, labels, fovs, patch_size=P, batch_size=8), 1)
     assert set(b) == {"image", "label", "mask"}
     assert b["image"].shape == (8, P, P, 3)
     assert b["label"].shape == b["mask"].shape == (8, P, P, 1)
@@ -68,8 +87,8 @@ def test_batch_shapes_and_dtypes():
 @pytest.mark.parametrize("vessel_bias", [0.0, 1.0])
 def test_centres_in_fov_and_crops_aligned(vessel_bias):
     images, labels, fovs = _coord_data()
-    ds = make_train_dataset(
-        images, labels, fovs, patch_size=P, batch_size=64, augment=NO_AUG, vessel_bias=vessel_bias
+    ds = _ds(
+        images, labels, fovs, patch_size=P, batch_size=64, augment=NO_AUG, foreground_bias=vessel_bias
     )
     b = ds[0]
     k, r, c = _decode(b)
@@ -89,7 +108,7 @@ def test_centres_in_fov_and_crops_aligned(vessel_bias):
 
 def test_geometric_augmentation_keeps_alignment():
     images, labels, fovs = _coord_data()
-    b = make_train_dataset(images, labels, fovs, patch_size=P, batch_size=64, augment=GEOM_ONLY)[0]
+    b = _ds(images, labels, fovs, patch_size=P, batch_size=64, augment=GEOM_ONLY)[0]
     k, r, c = _decode(b)
     orientations = set()
     for i in range(len(k)):
@@ -112,8 +131,8 @@ def test_intensity_augmentation():
     images = [rng.uniform(0.2, 0.8, (H, W, 1)).astype(np.float32) for _ in range(2)]
     _, labels, fovs = _coord_data(2)
     aug = AugmentConfig(flips=False, rot90=False, brightness=0.3, contrast=0.3)
-    plain = make_train_dataset(images, labels, fovs, patch_size=P, batch_size=32, augment=NO_AUG)[0]
-    jit = make_train_dataset(images, labels, fovs, patch_size=P, batch_size=32, augment=aug)[0]
+    plain = _ds(images, labels, fovs, patch_size=P, batch_size=32, augment=NO_AUG)[0]
+    jit = _ds(images, labels, fovs, patch_size=P, batch_size=32, augment=aug)[0]
     # Same sampled locations (geometry does not use the intensity draws first).
     np.testing.assert_array_equal(plain["label"], jit["label"])
     np.testing.assert_array_equal(plain["mask"], jit["mask"])
@@ -124,7 +143,7 @@ def test_intensity_augmentation():
 def test_clamping_at_image_border():
     images, labels, _ = _coord_data(1)
     fovs = [np.ones((H, W), np.uint8)]  # centres anywhere, including corners
-    b = make_train_dataset(images, labels, fovs, patch_size=P, batch_size=256, augment=NO_AUG)[0]
+    b = _ds(images, labels, fovs, patch_size=P, batch_size=256, augment=NO_AUG)[0]
     _, r, c = _decode(b)
     assert r.min() == 0 or c.min() == 0  # some patches were clamped
     assert r.min() >= 0 and c.min() >= 0 and r.max() < H and c.max() < W
@@ -133,47 +152,86 @@ def test_clamping_at_image_border():
 def test_deterministic_per_seed():
     images, labels, fovs = _coord_data()
     kw = dict(patch_size=P, batch_size=8)
-    a = _first_batches(make_train_iterator(images, labels, fovs, seed=1, **kw))
-    b = _first_batches(make_train_iterator(images, labels, fovs, seed=1, **kw))
-    c = _first_batches(make_train_iterator(images, labels, fovs, seed=2, **kw))
+    a = _first_batches(_it(images, labels, fovs, seed=1, **kw))
+    b = _first_batches(_it(images, labels, fovs, seed=1, **kw))
+    c = _first_batches(_it(images, labels, fovs, seed=2, **kw))
     for x, y in zip(a, b):
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
     assert not np.array_equal(a[0]["image"], c[0]["image"])
     # Batches differ from one another, and random access matches iteration.
     assert not np.array_equal(a[0]["image"], a[1]["image"])
-    ds = make_train_dataset(images, labels, fovs, seed=1, **kw)
+    ds = _ds(images, labels, fovs, seed=1, **kw)
     np.testing.assert_array_equal(ds[2]["image"], a[2]["image"])
 
 
 def test_epochs_and_epoch_size():
     images, labels, fovs = _coord_data()
-    ds = make_train_dataset(
+    ds = _ds(
         images, labels, fovs, patch_size=P, batch_size=10, num_epochs=2, patches_per_epoch=25
     )
     assert len(ds) == 5  # 50 patches, partial batch dropped
     batches = list(
-        make_train_iterator(
+        _it(
             images, labels, fovs, patch_size=P, batch_size=10, num_epochs=2, patches_per_epoch=25
         )
     )
     assert len(batches) == 5
     # Default epoch: patches tiling the images' area once.
-    ds = make_train_dataset(images, labels, fovs, patch_size=P, batch_size=None, num_epochs=1)
+    ds = _ds(images, labels, fovs, patch_size=P, batch_size=None, num_epochs=1)
     assert len(ds) == 3 * H * W // (P * P)
     assert ds[0]["image"].shape == (P, P, 3)
 
 
 def test_bad_arguments():
     images, labels, fovs = _coord_data(1)
+    with pytest.raises(ValueError, match="valid mask is empty"):
+        _ds(images, labels, [np.zeros((H, W))], patch_size=P)
+    with pytest.raises(ValueError, match="foreground_bias"):
+        _ds(images, labels, fovs, foreground_bias=1.5)
     with pytest.raises(ValueError, match="empty"):
-        make_train_dataset(images, labels, [np.zeros((H, W))], patch_size=P)
-    with pytest.raises(ValueError, match="smaller than patch_size"):
-        make_train_dataset(images, labels, fovs, patch_size=128)
-    with pytest.raises(ValueError, match="vessel_bias"):
-        make_train_dataset(images, labels, fovs, vessel_bias=1.5)
-    with pytest.raises(ValueError):
-        make_train_dataset(images, labels, [])
+        make_train_dataset(InMemorySource([]))
+    with pytest.raises(ValueError, match="example 0: the image is"):
+        _ds(images, [np.zeros((H, W + 1))], fovs)
+
+
+def test_per_access_source_matches_in_memory():
+    # A large dataset is read from its source per patch instead of being held in memory;
+    # the patch stream must not depend on which.
+    images, labels, fovs = _coord_data()
+    kw = dict(patch_size=P, batch_size=16, seed=5, foreground_bias=0.5)
+    cached = make_train_dataset(_source(images, labels, fovs), **kw)
+    lazy = make_train_dataset(_source(images, labels, fovs, in_memory=False), **kw)
+    for i in range(3):
+        for key in ("image", "label", "mask"):
+            np.testing.assert_array_equal(cached[i][key], lazy[i][key])
+
+
+def test_small_images_are_padded_with_invalid_pixels():
+    # A 10x12 image with a 16x16 patch: the crop is the whole image, zero-padded at the
+    # bottom and right, with mask 0 there; class ids (here 2) survive as they are.
+    rows, cols = np.mgrid[1:11, 1:13].astype(np.float32)
+    image = np.stack([rows, cols], axis=-1)
+    label = np.full((10, 12), 2, np.uint8)
+    for valid in (None, np.ones((10, 12), np.uint8)):
+        ds = make_train_dataset(InMemorySource([Example("s", image, label, valid)]), patch_size=16,
+                                batch_size=4, augment=NO_AUG)
+        b = ds[0]
+        assert b["image"].shape == (4, 16, 16, 2)
+        np.testing.assert_array_equal(b["image"][:, :10, :12], np.broadcast_to(image, (4, 10, 12, 2)))
+        assert not b["image"][:, 10:].any() and not b["image"][:, :, 12:].any()
+        np.testing.assert_array_equal(b["mask"][:, :10, :12], 1)
+        assert b["mask"][:, 10:].sum() == 0 and b["mask"][:, :, 12:].sum() == 0
+        np.testing.assert_array_equal(b["label"][:, :10, :12], 2)
+
+
+def test_no_clip_for_standardised_images():
+    rng = np.random.default_rng(1)
+    images = [rng.normal(size=(H, W, 1)).astype(np.float32) * 3]
+    _, labels, fovs = _coord_data(1)
+    aug = AugmentConfig(flips=False, rot90=False, brightness=0.2, contrast=0.2)
+    b = _ds(images, labels, fovs, patch_size=P, batch_size=16, augment=aug, clip=False)[0]
+    assert b["image"].min() < -1 and b["image"].max() > 2
 
 
 # ---------------------------------------------------------------------------
@@ -210,7 +268,7 @@ def test_preprocess_matches_reference(fundus, channels, clahe):
     assert out.shape == (*fundus.shape[:2], cfg.num_channels)
     assert 0.0 <= out.min() and out.max() <= 1.0
     np.testing.assert_allclose(out, ref, atol=1e-6)
-    np.testing.assert_array_equal(cfg(fundus), out)
+    np.testing.assert_array_equal(preprocess_example(Example("f", fundus, fundus[..., 0]), cfg).image, out)
 
 
 def test_preprocess_gamma_and_options(fundus):
@@ -224,6 +282,31 @@ def test_preprocess_gamma_and_options(fundus):
         preprocess_image(fundus, channels="bgr")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         preprocess_image(fundus.astype(np.float32))
+    with pytest.raises(ValueError, match="normalize='unit'"):
+        preprocess_image(fundus, gamma=2.0, normalize="zscore")
+
+
+def test_preprocess_16_bit_gray_rgba_zscore_and_resize():
+    rng = np.random.default_rng(0)
+    gray16 = rng.integers(0, 65536, (30, 40), dtype=np.uint16)
+    unit = preprocess_image(gray16, channels="gray", clahe=False)
+    np.testing.assert_allclose(unit[..., 0], gray16 / 65535.0, rtol=1e-6)
+    rgb = preprocess_image(gray16, channels="rgb", clahe=False)  # gray repeated
+    assert rgb.shape == (30, 40, 3) and (rgb == unit).all()
+    rgba = rng.integers(0, 256, (30, 40, 4), dtype=np.uint8)
+    np.testing.assert_array_equal(preprocess_image(rgba, channels="rgb", clahe=False),
+                                  preprocess_image(np.ascontiguousarray(rgba[..., :3]), channels="rgb", clahe=False))
+    z = preprocess_image(rgba, channels="rgb", clahe=False, normalize="zscore").astype(np.float64)
+    ref = rgba[..., :3].astype(np.float64)
+    ref = (ref - ref.mean(axis=(0, 1))) / ref.std(axis=(0, 1))
+    np.testing.assert_allclose(z, ref, atol=1e-5)
+    # Resizing: image to the square size; label and valid mask by nearest neighbour.
+    label = np.zeros((30, 40), np.uint8)
+    label[:, 20:] = 2
+    ex = preprocess_example(Example("g", gray16, label, np.ones((30, 40), np.uint8)),
+                            PreprocessConfig(channels="gray", clahe=False, image_size=16))
+    assert ex.image.shape == (16, 16, 1) and ex.label.shape == ex.valid.shape == (16, 16)
+    assert set(np.unique(ex.label)) == {0, 2} and (ex.label[:, :8] == 0).all() and (ex.label[:, 8:] == 2).all()
 
 
 def test_synthetic_end_to_end():
@@ -232,11 +315,7 @@ def test_synthetic_end_to_end():
     train, _ = make_synthetic_drive(2, 0, seed=0)
     pre = PreprocessConfig()
     it = make_train_iterator(
-        [pre(e.image) for e in train],
-        [e.label for e in train],
-        [e.fov for e in train],
-        batch_size=4,
-        vessel_bias=0.5,
+        InMemorySource([preprocess_example(e, pre) for e in train]), batch_size=4, foreground_bias=0.5
     )
     b = next(iter(it))
     assert b["image"].shape == (4, 64, 64, pre.num_channels)
@@ -249,8 +328,8 @@ def test_worker_processes_match_in_process():
     # stream: each element depends only on (seed, index).
     images, labels, fovs = _coord_data()
     kw = dict(patch_size=P, batch_size=8, seed=3, num_epochs=1, patches_per_epoch=32)
-    want = list(make_train_iterator(images, labels, fovs, worker_count=0, **kw))
-    got = list(make_train_iterator(images, labels, fovs, worker_count=1, **kw))
+    want = list(_it(images, labels, fovs, worker_count=0, **kw))
+    got = list(_it(images, labels, fovs, worker_count=1, **kw))
     assert len(got) == len(want) == 4
     for x, y in zip(got, want):
         for key in x:

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from unet_jax.data import DriveExample, make_synthetic_drive
+from unet_jax.data import Example, make_synthetic_drive
 
 
 @pytest.fixture(scope="module")
@@ -20,27 +20,27 @@ def test_shapes_ids_and_dtypes(small_set):
     assert [e.id for e in train] == ["syn_train_00", "syn_train_01", "syn_train_02"]
     assert [e.id for e in test] == ["syn_test_00", "syn_test_01"]
     for e in train + test:
-        assert isinstance(e, DriveExample)
+        assert isinstance(e, Example)
         assert e.image.shape == (584, 565, 3) and e.image.dtype == np.uint8
-        assert e.label.shape == e.fov.shape == (584, 565)
-        assert e.label.dtype == e.fov.dtype == np.uint8
+        assert e.label.shape == e.valid.shape == (584, 565)
+        assert e.label.dtype == e.valid.dtype == np.uint8
 
 
 def test_labels_binary_inside_circular_fov(small_set):
     for e in small_set[0] + small_set[1]:
         assert set(np.unique(e.label)) == {0, 1}
-        assert set(np.unique(e.fov)) == {0, 1}
-        assert not (e.label & (1 - e.fov)).any()  # no vessel outside the FOV
-        assert not e.image[e.fov == 0].any()  # black outside the FOV
-        h, w = e.fov.shape
-        assert e.fov[h // 2, w // 2] == 1 and e.fov[0, 0] == e.fov[-1, -1] == 0
-        assert 0.6 < e.fov.mean() < 0.75  # a disc inscribed in the frame, like DRIVE
+        assert set(np.unique(e.valid)) == {0, 1}
+        assert not (e.label & (1 - e.valid)).any()  # no vessel outside the FOV
+        assert not e.image[e.valid == 0].any()  # black outside the FOV
+        h, w = e.valid.shape
+        assert e.valid[h // 2, w // 2] == 1 and e.valid[0, 0] == e.valid[-1, -1] == 0
+        assert 0.6 < e.valid.mean() < 0.75  # a disc inscribed in the frame, like DRIVE
 
 
 def test_vessels_plausible(small_set):
     fracs = []
     for e in small_set[0] + small_set[1]:
-        inside = e.fov > 0
+        inside = e.valid > 0
         vessel = inside & (e.label > 0)
         fracs.append(vessel.sum() / inside.sum())
         # Vessels are darker than the background, most of all in green.

@@ -1,10 +1,149 @@
-"""Small, JSON-serialisable configuration objects for a training run."""
+"""Small, JSON-serialisable configuration objects for a training run.
+
+Every check lives here, in ``__post_init__``, so a configuration read back from a run's
+``config.json`` is validated exactly like one built from command-line flags. A bad value
+raises :class:`ConfigError`, which names the field (``data.patch_size``); the command-line
+entry points translate that name to their flag.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; `field` is its dotted name, e.g. ``data.patch_size``."""
+
+    def __init__(self, field: str, value: Any, requirement: str):
+        super().__init__(f"invalid {field} = {value!r}: {requirement}")
+        self.field, self.value, self.requirement = field, value, requirement
+
+
+def _check(section: str, checks: list[tuple[str, bool, str]], obj: Any) -> None:
+    for name, ok, requirement in checks:
+        if not ok:
+            raise ConfigError(f"{section}.{name}", getattr(obj, name), requirement)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """Whole-image preprocessing, applied once per image before patches are cut.
+
+    channels: "green" (fundus photographs: the vessel contrast is in the green channel),
+      "gray" (ITU-R BT.601 luma), or "rgb"; gray images are repeated to RGB and colour
+      images turned to gray as needed, so a folder may mix both.
+    clahe: contrast-limited adaptive histogram equalisation per channel (8- or 16-bit).
+    gamma: ``x ** (1 / gamma)`` on [0, 1] images; 1 disables.
+    normalize: "unit" divides by the type's maximum (255, 65535) giving [0, 1];
+      "zscore" standardises each channel of each image to mean 0, std 1.
+    image_size: resize every image (and its label, nearest neighbour) to this square
+      size; None keeps the stored size. Evaluation maps predictions back to the
+      stored size, so test figures are always at the original resolution.
+    """
+
+    channels: Literal["green", "gray", "rgb"] = "green"
+    clahe: bool = True
+    clahe_clip: float = 2.0
+    clahe_tile: int = 8
+    gamma: float = 1.0
+    normalize: Literal["unit", "zscore"] = "unit"
+    image_size: int | None = None
+
+    def __post_init__(self):
+        _check("data.preprocess", [
+            ("channels", self.channels in ("green", "gray", "rgb"), "one of green, gray, rgb"),
+            ("clahe_clip", self.clahe_clip > 0, "must be > 0"),
+            ("clahe_tile", self.clahe_tile >= 1, "must be >= 1"),
+            ("gamma", self.gamma > 0, "must be > 0"),
+            ("normalize", self.normalize in ("unit", "zscore"), "one of unit, zscore"),
+            ("image_size", self.image_size is None or self.image_size >= 8, "must be >= 8, or None"),
+        ], self)
+
+    @property
+    def num_channels(self) -> int:
+        """Channels of the preprocessed image (the model's input channels)."""
+        return 3 if self.channels == "rgb" else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Patch augmentation. Geometric ops apply to image, label and valid mask alike.
+
+    flips: random horizontal and vertical flips (each with p=0.5).
+    rot90: random rotation by a multiple of 90 degrees; with ``flips`` this covers all
+      8 symmetries of the square (vessels and most lesions have no preferred
+      orientation at patch scale, so these preserve the label).
+    brightness: additive shift drawn from U(-brightness, brightness); 0 disables.
+    contrast: the patch is scaled about its mean by U(1 - contrast, 1 + contrast).
+    Intensity jitter is clipped to [0, 1] for "unit"-normalised images only.
+    """
+
+    flips: bool = True
+    rot90: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.1
+
+    def __post_init__(self):
+        _check("data.augment", [
+            ("brightness", self.brightness >= 0, "must be >= 0"),
+            ("contrast", 0 <= self.contrast < 1, "must be in [0, 1)"),
+        ], self)
+
+    @classmethod
+    def none(cls) -> AugmentConfig:
+        """No augmentation at all (evaluation, debugging, tests)."""
+        return cls(flips=False, rot90=False, brightness=0.0, contrast=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, how it is preprocessed, sampled and split.
+
+    dataset: a name in :func:`unet_jax.data.available`; `options` are its keyword
+      arguments (paths, class count, ...), so ``unet_jax.data.get(dataset, **options)``
+      rebuilds it from a run's config.json.
+    patch_size: side of the square training patches (a patch as large as a resized
+      image is the whole image).
+    foreground_bias: probability that a patch is centred on a foreground pixel
+      (vessel, lesion) instead of any valid pixel.
+    val_size: training examples held out (seeded) for validation: a count if >= 1,
+      else a fraction; used for model selection, never the test set.
+    workers: grain worker processes producing patches (0: a thread of this process).
+    cache_mb: preprocessed training images are held in memory when they fit in this
+      many MB; larger sets are decoded from disk per patch, so memory stays flat.
+    """
+
+    dataset: str = "drive"
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    preprocess: PreprocessConfig = PreprocessConfig()
+    augment: AugmentConfig = AugmentConfig()
+    patch_size: int = 64
+    foreground_bias: float = 0.0
+    val_size: float = 2
+    workers: int = 0
+    cache_mb: int = 1024
+
+    def __post_init__(self):
+        _check("data", [
+            ("patch_size", self.patch_size >= 2, "must be >= 2"),
+            ("foreground_bias", 0.0 <= self.foreground_bias <= 1.0, "must be in [0, 1]"),
+            ("val_size", self.val_size >= 0 and (self.val_size < 1 or float(self.val_size).is_integer()),
+             "a count (0, 1, 2, ...) or a fraction in (0, 1)"),
+            ("workers", self.workers >= 0, "must be >= 0"),
+            ("cache_mb", self.cache_mb >= 0, "must be >= 0"),
+        ], self)
+
+    def num_val(self, num_train: int) -> int:
+        """Training examples to hold out for validation out of `num_train`."""
+        n = int(self.val_size) if self.val_size >= 1 else int(round(self.val_size * num_train))
+        if self.val_size > 0 and n == 0:
+            n = 1
+        if n >= num_train:
+            raise ConfigError("data.val_size", self.val_size,
+                              f"holds out {n} of the {num_train} training examples, leaving none to train on")
+        return n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,21 +154,13 @@ class ModelConfig:
     norm: str = "batch"
     upsample: str = "transpose"
 
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    channels: str = "green"  # green | gray | rgb
-    clahe: bool = True
-    gamma: float = 1.0
-    patch_size: int = 64
-    vessel_bias: float = 0.0
-    val_images: int = 2  # training images held out (seeded) for periodic validation
-    flips: bool = True
-    rot90: bool = True
-    brightness: float = 0.1
-    contrast: float = 0.1
-    synthetic: bool = False
-    workers: int = 0  # grain worker processes producing patches (0: a thread in the training process)
+    def __post_init__(self):
+        _check("model", [
+            ("features", self.features >= 1, "must be >= 1"),
+            ("depth", 1 <= self.depth <= 6, "must be in 1..6"),
+            ("norm", self.norm in ("batch", "group", "none"), "one of batch, group, none"),
+            ("upsample", self.upsample in ("transpose", "bilinear"), "one of transpose, bilinear"),
+        ], self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +177,30 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 250
     log_every: int = 25
-    threshold: float = 0.5
+    threshold: float = 0.5  # binary tasks: probability threshold of the masks
+    ignore_empty: bool = True  # per-case Dice leaves out cases without foreground (MONAI's convention)
     precision: str = "fp32"  # fp32 | bf16 (bf16 activations/convs; float32 params, optimizer, loss)
     bn_sync: bool = True  # batch-norm statistics over the global batch (False: per device)
     checkpoint_every: int = 250  # save the latest checkpoint every N steps (and at the last step)
     keep: int = 2  # latest checkpoints retained (the best-by-validation one is kept separately)
+
+    def __post_init__(self):
+        _check("train", [
+            ("steps", self.steps >= 1, "must be >= 1"),
+            ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("warmup_steps", self.warmup_steps >= 0, "must be >= 0"),
+            ("end_lr_fraction", 0 <= self.end_lr_fraction <= 1, "must be in [0, 1]"),
+            ("optimizer", self.optimizer in ("adam", "adamw"), "one of adam, adamw"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("grad_clip", self.grad_clip >= 0, "must be >= 0 (0 disables)"),
+            ("eval_every", self.eval_every >= 1, "must be >= 1"),
+            ("log_every", self.log_every >= 1, "must be >= 1"),
+            ("threshold", 0 < self.threshold < 1, "must be in (0, 1)"),
+            ("precision", self.precision in ("fp32", "bf16"), "one of fp32, bf16"),
+            ("checkpoint_every", self.checkpoint_every >= 1, "must be >= 1"),
+            ("keep", self.keep >= 1, "must be >= 1"),
+        ], self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +209,12 @@ class RunConfig:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
 
+    def __post_init__(self):
+        multiple = 2**self.model.depth
+        if self.data.patch_size % multiple:
+            raise ConfigError("data.patch_size", self.data.patch_size,
+                              f"must be a multiple of 2**depth = {multiple} (model.depth = {self.model.depth})")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -66,5 +222,8 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        return cls(ModelConfig(**d["model"]), DataConfig(**d["data"]), TrainConfig(**d["train"]))
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        data = dict(d["data"])
+        data["preprocess"] = PreprocessConfig(**data.get("preprocess", {}))
+        data["augment"] = AugmentConfig(**data.get("augment", {}))
+        return cls(ModelConfig(**d["model"]), DataConfig(**data), TrainConfig(**d["train"]))

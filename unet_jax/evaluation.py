@@ -1,51 +1,165 @@
-"""Segmentation evaluation within a field-of-view mask: global and per-image figures."""
+"""Evaluation of a segmentation over a whole source: per image, per case, pooled.
+
+Images are predicted one at a time and only their confusion counts are kept (plus, for a
+binary task, the valid pixels' probabilities for the exact ROC AUC, up to a cap), so a
+large test set is evaluated in bounded memory. Predictions are computed at the model's
+resolution and resized back to the stored label's size, so figures are always at the
+original resolution. Pixels outside an example's valid region (DRIVE's FOV) are ignored.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from unet_jax import metrics
+from unet_jax.data.base import Example, Source
+from unet_jax.data.preprocess import resize_probs
+
+# Above this many valid pixels the exact pooled AUC is skipped (5 bytes per pixel held).
+AUC_MAX_PIXELS = 1 << 27
 
 
 @dataclasses.dataclass
 class EvalResult:
-    summary: dict[str, float]  # global (all FOV pixels pooled) and per-image means
-    per_image: list[dict[str, Any]]  # one row per image, for the CSV
+    summary: dict[str, Any]  # pooled figures, their mean and median over cases, conventions
+    per_image: list[dict[str, Any]]  # one row per image, for per_image.csv
+    per_case: list[dict[str, Any]]  # one row per case (volume, patient), for per_case.csv
 
 
-def evaluate_binary(
-    probs: np.ndarray,
-    labels: np.ndarray,
-    fovs: np.ndarray,
-    *,
-    ids: Sequence[str] | None = None,
-    threshold: float = 0.5,
-    with_auc: bool = True,
-) -> EvalResult:
-    """Dice/F1, IoU, sensitivity, specificity, precision, accuracy and ROC AUC within FOV.
+def predicted_classes(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Class ids from probabilities: ``probs >= threshold`` for a binary (H, W) map, else argmax."""
+    return (probs >= threshold).astype(np.uint8) if probs.ndim == 2 else np.argmax(probs, axis=-1).astype(np.uint8)
 
-    `probs`, `labels`, `fovs` are (N, H, W). Global figures pool every FOV pixel of every
-    image (the DRIVE convention); `*_per_case_mean` keys average the per-image figures.
+
+class Evaluator:
+    """Accumulates figures image by image; :meth:`result` summarises them.
+
+    Args:
+      num_classes: classes including background (2: binary, probabilities (H, W)).
+      threshold: binary tasks: the probability threshold.
+      ignore_empty: per-case Dice, IoU and sensitivity leave out cases whose label has
+        no foreground (MONAI's convention); named in the summary.
+      with_auc: binary tasks: exact ROC AUC per image, per case and pooled.
     """
-    probs = np.asarray(probs, np.float32)
-    labels = np.asarray(labels, np.float32)
-    fovs = np.asarray(fovs, np.float32)
-    ids = list(ids) if ids is not None else [str(i) for i in range(len(probs))]
-    counts = metrics.confusion_counts(probs, labels, mask=fovs, threshold=threshold, per_case=True)
-    summary = {k: float(v) for k, v in metrics.summarize(counts).items()}
-    per_image = []
-    for i, case_id in enumerate(ids):
-        case = metrics.ConfusionCounts(*(np.asarray(c)[i] for c in counts))
-        row: dict[str, Any] = {"id": case_id}
-        row.update({name: float(fn(case)) for name, fn in metrics.METRICS.items()})
-        if with_auc:
-            row["auc"] = float(metrics.roc_auc(jnp.asarray(probs[i]), jnp.asarray(labels[i]), mask=jnp.asarray(fovs[i])))
-        per_image.append(row)
-    if with_auc:
-        summary["auc"] = float(metrics.roc_auc(jnp.asarray(probs), jnp.asarray(labels), mask=jnp.asarray(fovs)))
-        summary["auc_per_case_mean"] = float(np.mean([r["auc"] for r in per_image]))
-    return EvalResult(summary, per_image)
+
+    def __init__(self, num_classes: int, *, threshold: float = 0.5, ignore_empty: bool = True, with_auc: bool = True):
+        self.num_classes, self.threshold, self.ignore_empty = num_classes, threshold, ignore_empty
+        self.with_auc = with_auc and num_classes == 2
+        self.per_image: list[dict[str, Any]] = []
+        self._counts: list[metrics.ConfusionCounts] = []  # per image, foreground classes
+        self._cases: dict[str, int] = {}  # case id -> index, in order of appearance
+        self._case_of: list[int] = []
+        self._scores: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}  # case -> [(probs, labels)] in valid
+        self._auc_pixels = 0
+
+    def add(self, example: Example, probs: np.ndarray) -> np.ndarray:
+        """Scores one image's probabilities against `example`'s label; returns the class ids.
+
+        `probs`: (H, W) foreground probabilities (binary) or (H, W, C); resized to the
+        label's size when they differ.
+        """
+        label = np.asarray(example.label)
+        probs = resize_probs(np.asarray(probs, np.float32), label.shape)
+        valid = None if example.valid is None else np.asarray(example.valid)
+        pred = predicted_classes(probs, self.threshold)
+        if self.num_classes == 2:
+            counts = metrics.confusion_counts(probs, label, mask=valid, threshold=self.threshold)
+        else:
+            all_counts = metrics.class_confusion_counts(pred, label, self.num_classes, mask=valid)
+            counts = metrics.ConfusionCounts(*(np.asarray(c)[1:] for c in all_counts))
+        counts = metrics.ConfusionCounts(*(np.asarray(c, np.float64) for c in counts))
+        self._counts.append(counts)
+        case = self._cases.setdefault(example.case_id, len(self._cases))
+        self._case_of.append(case)
+        row: dict[str, Any] = {"id": example.id, **({"case": example.case} if example.case is not None else {})}
+        row.update(_figures(counts, self.num_classes))
+        if self.with_auc:
+            inside = slice(None) if valid is None else valid > 0
+            s, y = probs[inside].reshape(-1), label[inside].reshape(-1) > 0
+            row["auc"] = float(metrics.roc_auc(jnp.asarray(s), jnp.asarray(y)))
+            self._auc_pixels += s.size
+            if self._auc_pixels <= AUC_MAX_PIXELS:
+                self._scores.setdefault(case, []).append((s, y))
+        self.per_image.append(row)
+        return pred
+
+    def result(self) -> EvalResult:
+        n_cases = len(self._cases)
+        per_image = metrics.ConfusionCounts(*(np.stack(c) for c in zip(*self._counts)))
+        per_case = metrics.sum_by_case(per_image, np.asarray(self._case_of), n_cases)
+        fg = list(range(1, self.num_classes)) if self.num_classes > 2 else None
+        summary: dict[str, Any] = metrics.summarize(per_case, ignore_empty=self.ignore_empty, class_ids=fg)
+        summary["num_images"] = float(len(self.per_image))
+        summary["ignore_empty"] = self.ignore_empty
+        case_rows = []
+        for case_id, k in self._cases.items():
+            c = metrics.ConfusionCounts(*(np.asarray(x)[k] for x in per_case))
+            case_rows.append({"case": case_id, "images": self._case_of.count(k), **_figures(c, self.num_classes)})
+        if self.with_auc and self._auc_pixels <= AUC_MAX_PIXELS:
+            for row, k in zip(case_rows, self._cases.values()):
+                row["auc"] = _auc(self._scores.get(k, []))
+            summary["auc"] = _auc([pair for pairs in self._scores.values() for pair in pairs])
+            summary["auc_per_case_mean"] = float(np.nanmean([r["auc"] for r in case_rows]))
+        elif self.with_auc:
+            summary["auc_note"] = f"pooled AUC skipped: more than {AUC_MAX_PIXELS} valid pixels"
+        return EvalResult(summary, self.per_image, case_rows)
+
+
+def _figures(counts: metrics.ConfusionCounts, num_classes: int) -> dict[str, float]:
+    """One image's or case's metrics: binary figures, or the foreground-class mean and each class."""
+    out: dict[str, float] = {}
+    for name, fn in metrics.METRICS.items():
+        values = np.atleast_1d(np.asarray(fn(counts), np.float64))
+        out[name] = float(values.mean())
+        if num_classes > 2:
+            out.update({f"{name}_class{k}": float(v) for k, v in enumerate(values, start=1)})
+    return out
+
+
+def _auc(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    if not pairs:
+        return float("nan")
+    s = np.concatenate([p[0] for p in pairs])
+    y = np.concatenate([p[1] for p in pairs])
+    return float(metrics.roc_auc(jnp.asarray(s), jnp.asarray(y)))
+
+
+def evaluate(
+    predict: Callable[[np.ndarray], np.ndarray],
+    source: Source,
+    preprocess: Callable[[Example], Example],
+    *,
+    num_classes: int,
+    threshold: float = 0.5,
+    ignore_empty: bool = True,
+    with_auc: bool = True,
+    on_image: Callable[[Example, np.ndarray, np.ndarray], None] | None = None,
+    progress: bool = False,
+    desc: str = "evaluate",
+) -> EvalResult:
+    """Predicts every example of `source` and scores it (see :class:`Evaluator`).
+
+    Args:
+      predict: (1, H, W, C) float32 image batch -> (1, H, W) foreground probabilities
+        (binary) or (1, H, W, num_classes).
+      source: raw examples (as stored); `preprocess` gives the model's input.
+      on_image: called as ``on_image(example, probs, pred)`` for each image, with the
+        probabilities and class ids at the label's resolution (to save pictures).
+      progress: a progress bar over the images.
+    """
+    ev = Evaluator(num_classes, threshold=threshold, ignore_empty=ignore_empty, with_auc=with_auc)
+    for i in tqdm(range(len(source)), desc=desc, unit="image", disable=not progress, leave=False):
+        example = source[i]
+        image = preprocess(example).image
+        probs = np.asarray(predict(image[None]))[0]
+        probs = resize_probs(probs, np.asarray(example.label).shape)
+        pred = ev.add(example, probs)
+        if on_image is not None:
+            on_image(example, probs, pred)
+    return ev.result()

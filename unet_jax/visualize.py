@@ -8,20 +8,33 @@ from typing import Any, Iterable
 import numpy as np
 
 
-def overlay(pred: np.ndarray, label: np.ndarray, fov: np.ndarray | None = None) -> np.ndarray:
-    """RGB uint8 image: prediction only in red, ground truth only in green, both in yellow.
+# Class colours for multi-class overlays (class 0, background, is black).
+PALETTE = np.array([(0, 0, 0), (0, 160, 255), (255, 200, 0), (200, 0, 255), (0, 220, 120), (255, 120, 180),
+                    (160, 120, 60), (120, 120, 255)], np.uint8)
 
-    `pred` and `label` are binary (H, W); pixels outside `fov` are drawn dark grey so that
-    the field of view stays visible.
+
+def overlay(pred: np.ndarray, label: np.ndarray, valid: np.ndarray | None = None, *, binary: bool = True) -> np.ndarray:
+    """RGB uint8 picture of a prediction against the ground truth, (H, W) class ids each.
+
+    Binary: prediction only in red, ground truth only in green, both in yellow.
+    Multi-class (``binary=False``): correct pixels in their class colour (:data:`PALETTE`,
+    background black), wrong ones in red. Pixels outside `valid` (DRIVE's FOV) are dark
+    grey so that the valid region stays visible.
     """
-    pred = np.asarray(pred).astype(bool)
-    label = np.asarray(label).astype(bool)
+    pred = np.asarray(pred)
+    label = np.asarray(label)
     out = np.zeros(pred.shape + (3,), np.uint8)
-    out[pred & ~label] = (255, 0, 0)
-    out[~pred & label] = (0, 255, 0)
-    out[pred & label] = (255, 255, 0)
-    if fov is not None:
-        out[~np.asarray(fov).astype(bool)] = (40, 40, 40)
+    if binary:
+        p, y = pred.astype(bool), label.astype(bool)
+        out[p & ~y] = (255, 0, 0)
+        out[~p & y] = (0, 255, 0)
+        out[p & y] = (255, 255, 0)
+    else:
+        correct = pred == label
+        out[correct] = PALETTE[label[correct].astype(np.int64) % len(PALETTE)]
+        out[~correct] = (255, 0, 0)
+    if valid is not None:
+        out[~np.asarray(valid).astype(bool)] = (40, 40, 40)
     return out
 
 
@@ -47,7 +60,7 @@ def plot_curves(records: Iterable[dict[str, Any]], path: Path, *, title: str = "
     ax1.grid(alpha=0.3)
     if val:
         ax2.plot(*zip(*val), marker="o")
-    ax2.set(xlabel="step", ylabel="Dice (F1) within FOV", title="validation Dice")
+    ax2.set(xlabel="step", ylabel="Dice (F1)", title="validation Dice")
     ax2.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
@@ -61,16 +74,23 @@ def plot_curves(records: Iterable[dict[str, Any]], path: Path, *, title: str = "
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def save_predictions(
-    outdir: Path, ids: list[str], probs: np.ndarray, labels: np.ndarray, fovs: np.ndarray, *, threshold: float = 0.5
+def save_prediction(
+    outdir: Path, example_id: str, probs: np.ndarray, pred: np.ndarray, label: np.ndarray,
+    valid: np.ndarray | None = None,
 ) -> None:
-    """Writes per image `<id>_prob.png` (probability x 255), `<id>_pred.png` (binary mask
-    within the FOV) and `<id>_overlay.png` (prediction red, ground truth green, both yellow)."""
+    """Writes `<id>_prob.png` (foreground probability x 255), `<id>_pred.png` and
+    `<id>_overlay.png` (see :func:`overlay`), with everything outside `valid` zeroed.
+
+    `probs` is (H, W) for a binary task, (H, W, C) otherwise; `pred` holds class ids. The
+    binary mask is saved as 0/255, a multi-class one as its class ids (0, 1, 2, ...).
+    """
     from unet_jax.workdir import atomic_write_png
 
     outdir = Path(outdir)
-    for case_id, p, y, f in zip(ids, probs, labels, fovs):
-        pred = (p >= threshold) & (f > 0)
-        atomic_write_png(outdir / f"{case_id}_prob.png", to_uint8(p * (f > 0)))
-        atomic_write_png(outdir / f"{case_id}_pred.png", to_uint8(pred))
-        atomic_write_png(outdir / f"{case_id}_overlay.png", overlay(pred, y, f))
+    binary = probs.ndim == 2
+    inside = np.ones(pred.shape, bool) if valid is None else np.asarray(valid) > 0
+    foreground = probs if binary else 1.0 - probs[..., 0]
+    pred = np.where(inside, pred, 0)
+    atomic_write_png(outdir / f"{example_id}_prob.png", to_uint8(foreground * inside))
+    atomic_write_png(outdir / f"{example_id}_pred.png", to_uint8(pred) if binary else pred.astype(np.uint8))
+    atomic_write_png(outdir / f"{example_id}_overlay.png", overlay(pred, label, valid, binary=binary))

@@ -18,11 +18,14 @@ library never downloads it. Users unpack it themselves into::
 Every error raised here is a :class:`DriveDataError` whose message names the
 offending path and says how to fix it, because a wrongly unpacked archive is
 the most common failure a new user hits.
+
+:class:`DriveDataset` (registered as ``"drive"``) serves the two splits to the
+training engine through the prepared ArrayRecord dataset
+(:mod:`unet_jax.data.drive_tfds`), with the FOV mask as the valid region.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Literal
@@ -30,11 +33,15 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from unet_jax.config import PreprocessConfig
+from unet_jax.data.base import DataError, Dataset, Example, Source, register
+from unet_jax.data.imageio import decode_image
+
 __all__ = [
     "DRIVE_URL",
     "DRIVE_LAYOUT",
-    "DriveExample",
     "DriveDataError",
+    "DriveDataset",
     "DriveNotFoundError",
     "resolve_drive_dir",
     "read_drive_split",
@@ -59,24 +66,7 @@ Split = Literal["training", "test"]
 _SUBDIRS = ("images", "1st_manual", "mask")
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class DriveExample:
-    """One fundus image with its vessel label and field-of-view (FOV) mask.
-
-    Attributes:
-      id: image number as in the file names, e.g. ``"21"`` or ``"01"``.
-      image: uint8 (H, W, 3), **RGB** channel order (not cv2's BGR).
-      label: uint8 (H, W) in {0, 1}; 1 = vessel (first manual annotation).
-      fov: uint8 (H, W) in {0, 1}; 1 = inside the circular field of view.
-    """
-
-    id: str
-    image: np.ndarray
-    label: np.ndarray
-    fov: np.ndarray
-
-
-class DriveDataError(Exception):
+class DriveDataError(DataError):
     """The DRIVE data on disk is missing, incomplete or unreadable."""
 
 
@@ -127,41 +117,15 @@ def resolve_drive_dir(data_dir: str | os.PathLike | None = None) -> Path:
         f"Pass data_dir=..., set ${ENV_DRIVE_DIR}, or unpack DRIVE to "
         f"./{DEFAULT_DRIVE_DIR} with this layout:\n{DRIVE_LAYOUT}\n"
         f"DRIVE is not downloaded automatically: register at {DRIVE_URL} "
-        "and download it yourself. To try the pipeline without it, use "
-        "unet_jax.data.make_synthetic_drive()."
+        "and download it yourself. To try everything without it, train on "
+        "built-in synthetic fundus images: python -m experiments.drive --synthetic "
+        "(in Python: unet_jax.data.get(\"synthetic\"))."
     )
 
 
 def _decode(path: Path, flags: int) -> np.ndarray:
-    """Decodes an image file; raises DriveDataError if it is unreadable."""
-    try:
-        # imdecode (rather than imread) handles non-ASCII paths and does not
-        # print cv2 warnings to stderr for unreadable files.
-        buf = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise DriveDataError(f"Cannot read {path}: {e}") from e
-    img = cv2.imdecode(buf, flags) if buf.size else None
-    if img is None and buf.size:
-        img = _decode_pil(path, flags)
-    if img is None:
-        raise DriveDataError(
-            f"Cannot decode {path}: the file is empty or corrupt. "
-            f"Re-extract it from the original DRIVE archive ({DRIVE_URL})."
-        )
-    return img
-
-
-def _decode_pil(path: Path, flags: int) -> np.ndarray | None:
-    """Pillow fallback: OpenCV < 4.11 has no GIF decoder (DRIVE's masks)."""
-    try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            if flags == cv2.IMREAD_GRAYSCALE:
-                return np.asarray(im.convert("L"))
-            return np.asarray(im.convert("RGB"))[..., ::-1]  # BGR, like cv2
-    except Exception:  # noqa: BLE001 - any failure means "cannot decode"
-        return None
+    return decode_image(path, flags, error=DriveDataError,
+                        hint=f"Re-extract it from the original DRIVE archive ({DRIVE_URL}).")
 
 
 def _read_binary(path: Path, image_path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
@@ -178,7 +142,7 @@ def _read_binary(path: Path, image_path: Path, image_shape: tuple[int, ...]) -> 
     return (mask > 127).astype(np.uint8)
 
 
-def read_drive_split(root: str | os.PathLike, split: Split) -> list[DriveExample]:
+def read_drive_split(root: str | os.PathLike, split: Split) -> list[Example]:
     """Reads and validates one split of the original DRIVE layout.
 
     Args:
@@ -186,7 +150,10 @@ def read_drive_split(root: str | os.PathLike, split: Split) -> list[DriveExample
       split: ``"training"`` or ``"test"``.
 
     Returns:
-      The examples sorted by id.
+      The examples sorted by id: ``id`` the image number as in the file names
+      (``"21"``, ``"01"``), ``image`` uint8 (H, W, 3) **RGB** (not cv2's BGR),
+      ``label`` uint8 {0, 1} vessels of the first manual annotation, ``valid``
+      uint8 {0, 1} the circular field of view (FOV).
 
     Raises:
       DriveDataError: a missing split folder or subfolder, no images, an image
@@ -235,8 +202,51 @@ def read_drive_split(root: str | os.PathLike, split: Split) -> list[DriveExample
         image = np.ascontiguousarray(bgr[..., ::-1])  # cv2 decodes as BGR
         label = _read_binary(label_path, image_path, image.shape)
         fov = _read_binary(fov_path, image_path, image.shape)
-        examples.append(DriveExample(id=image_id, image=image, label=label, fov=fov))
+        examples.append(Example(id=image_id, image=image, label=label, valid=fov))
     # Ids are zero-padded in DRIVE, but sort numerically where possible so
     # hand-made layouts ("3" vs "10") still come out in a sensible order.
     examples.sort(key=lambda e: (int(e.id) if e.id.isdigit() else float("inf"), e.id))
     return examples
+
+
+@register("drive")
+class DriveDataset(Dataset):
+    """DRIVE: 20 training and 20 test fundus images, vessels within the FOV.
+
+    Args:
+      data_dir: the unpacked DRIVE folder (see :func:`resolve_drive_dir`); checked here,
+        so a wrong path fails before anything else happens.
+      tfds_dir: where the prepared ArrayRecord dataset is cached (see
+        :func:`unet_jax.data.drive_tfds.default_tfds_dir`).
+      preprocess: the image preprocessing (default: green channel with CLAHE).
+    """
+
+    name = "DRIVE"
+    valid_region = "FOV"
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike | None = None,
+        tfds_dir: str | os.PathLike | None = None,
+        preprocess: PreprocessConfig = PreprocessConfig(),
+    ):
+        super().__init__(preprocess)
+        self.root = resolve_drive_dir(data_dir)
+        self.tfds_dir = tfds_dir
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    def train(self) -> Source:
+        from unet_jax.data.drive_tfds import drive_source
+
+        return drive_source(self.root, "train", tfds_dir=self.tfds_dir)
+
+    def test(self) -> Source:
+        from unet_jax.data.drive_tfds import drive_source
+
+        return drive_source(self.root, "test", tfds_dir=self.tfds_dir)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "root": str(self.root)}

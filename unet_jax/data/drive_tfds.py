@@ -6,7 +6,7 @@ needs registration, so tfds never downloads it) through
 and writes the decoded arrays to ArrayRecord files. Reading goes through
 ``builder.as_data_source()``, a random-access source backed by
 ``array_record`` that decodes ``tfds.features.Tensor`` features with numpy
-only, so neither preparation nor reading imports TensorFlow (verified with
+only, one record per access (:class:`DriveSource`), so neither preparation nor reading imports TensorFlow (verified with
 TensorFlow absent). Every feature is a plain ``Tensor``; the image id is
 stored as an int32 image number because string features would need TF to
 encode.
@@ -39,15 +39,15 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core.utils.py_utils import classproperty
 
+from unet_jax.data.base import Example
 from unet_jax.data.drive import (
     DRIVE_LAYOUT,
     DRIVE_URL,
-    DriveExample,
     read_drive_split,
     resolve_drive_dir,
 )
 
-__all__ = ["Drive", "default_tfds_dir", "load_drive", "prepare_drive"]
+__all__ = ["Drive", "DriveSource", "default_tfds_dir", "drive_source", "load_drive", "prepare_drive"]
 
 ENV_TFDS_DIR = "UNET_JAX_TFDS_DIR"
 DRIVE_SHAPE = (584, 565)
@@ -115,7 +115,7 @@ must contain:
         return {name: self._generate_examples(read_drive_split(root, folder))
                 for name, folder in _SPLITS.items()}
 
-    def _generate_examples(self, examples: list[DriveExample]):
+    def _generate_examples(self, examples: list[Example]):
         for ex in examples:
             if ex.image.shape[:2] != DRIVE_SHAPE:
                 raise ValueError(
@@ -125,7 +125,7 @@ must contain:
                 "id": np.int32(int(ex.id)),
                 "image": ex.image,
                 "label": ex.label,
-                "fov": ex.fov,
+                "fov": ex.valid,
             }
 
 
@@ -177,45 +177,62 @@ def prepare_drive(drive_dir: str | os.PathLike | None = None, *, tfds_dir: str |
     return builder
 
 
-def load_drive(
+class DriveSource:
+    """Random access to one split of the prepared dataset, in id order; each access
+    decodes one record (an :class:`~unet_jax.data.base.Example` with the FOV as
+    ``valid``)."""
+
+    def __init__(self, source):
+        self._source = source
+        # tfds shuffles records by key hash when writing; index them in id order.
+        ids = [int(source[i]["id"]) for i in range(len(source))]
+        self._order = sorted(range(len(ids)), key=ids.__getitem__)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __getitem__(self, index: int) -> Example:
+        r = self._source[self._order[index]]
+        return Example(
+            id=f"{int(r['id']):02d}",
+            image=np.asarray(r["image"], dtype=np.uint8),
+            label=np.asarray(r["label"], dtype=np.uint8),
+            valid=np.asarray(r["fov"], dtype=np.uint8),
+        )
+
+
+def drive_source(
     drive_dir: str | os.PathLike | None,
     split: str,
     *,
     tfds_dir: str | os.PathLike | None = None,
-) -> list[DriveExample]:
-    """Loads a DRIVE split through the prepared ArrayRecord dataset.
+) -> DriveSource:
+    """A DRIVE split as a random-access source over the prepared ArrayRecord dataset.
 
-    The first call prepares the dataset (~seconds; see the module docstring
-    for where it goes and how it is keyed); later calls only read it.
+    The first call prepares the dataset (~seconds; see the module docstring for where
+    it goes and how it is keyed); later calls only read it.
 
     Args:
-      drive_dir: the original DRIVE directory (None: ``$UNET_JAX_DRIVE_DIR``
-        or ``./data/DRIVE``).
+      drive_dir: the original DRIVE directory (None: ``$UNET_JAX_DRIVE_DIR`` or
+        ``./data/DRIVE``).
       split: ``"train"`` (alias ``"training"``) or ``"test"``.
       tfds_dir: tfds data dir (default ``$UNET_JAX_TFDS_DIR`` or
         ``~/.cache/unet_jax/tensorflow_datasets``).
-
-    Returns:
-      Examples sorted by id, identical to ``read_drive_split`` (ids are
-      two-digit strings as in the file names, e.g. ``"01"``).
     """
     if split == "training":
         split = "train"
     if split not in _SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     builder = prepare_drive(drive_dir, tfds_dir=tfds_dir)
-    source = builder.as_data_source(split=split)
-    examples = []
-    for i in range(len(source)):
-        r = source[i]
-        examples.append(
-            DriveExample(
-                id=f"{int(r['id']):02d}",
-                image=np.asarray(r["image"], dtype=np.uint8),
-                label=np.asarray(r["label"], dtype=np.uint8),
-                fov=np.asarray(r["fov"], dtype=np.uint8),
-            )
-        )
-    # tfds shuffles records by key hash when writing; restore id order.
-    examples.sort(key=lambda e: int(e.id))
-    return examples
+    return DriveSource(builder.as_data_source(split=split))
+
+
+def load_drive(
+    drive_dir: str | os.PathLike | None,
+    split: str,
+    *,
+    tfds_dir: str | os.PathLike | None = None,
+) -> list[Example]:
+    """All examples of a DRIVE split (see :func:`drive_source`), sorted by id: identical
+    to ``read_drive_split`` (ids are two-digit strings as in the file names, e.g. "01")."""
+    return list(drive_source(drive_dir, split, tfds_dir=tfds_dir))

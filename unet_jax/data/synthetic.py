@@ -8,6 +8,9 @@ that start thick at the disc and thin out as they branch, vessels darker than
 the background (most in the green channel, as in real fundus photographs),
 some low-frequency texture and pixel noise. About 10% of the FOV is vessel,
 as in DRIVE.
+
+:class:`SyntheticDrive` (registered as ``"synthetic"``) is such a DRIVE-like
+dataset for the training engine; each image is generated when it is read.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import math
 import cv2
 import numpy as np
 
-from unet_jax.data.drive import DriveExample
+from unet_jax.config import PreprocessConfig
+from unet_jax.data.base import Dataset, Example, Source, register
 
-__all__ = ["make_synthetic_drive", "make_synthetic_example"]
+__all__ = ["SyntheticDrive", "make_synthetic_drive", "make_synthetic_example"]
 
 _SHIFT = 4  # cv2 sub-pixel bits: coordinates are passed as ints * 2**_SHIFT
 _SCALE = 1 << _SHIFT
@@ -73,7 +77,7 @@ def _grow_trees(
 
 def make_synthetic_example(
     example_id: str, rng: np.random.Generator, size: tuple[int, int] = (584, 565)
-) -> DriveExample:
+) -> Example:
     """One synthetic fundus image with its vessel label and FOV mask."""
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -117,7 +121,7 @@ def make_synthetic_example(
     img *= fov[..., None]
     image = np.clip(img, 0, 255).astype(np.uint8)
     label = ((label_canvas > 127) & (fov > 0)).astype(np.uint8)
-    return DriveExample(id=example_id, image=image, label=label, fov=fov)
+    return Example(id=example_id, image=image, label=label, valid=fov)
 
 
 def make_synthetic_drive(
@@ -126,7 +130,7 @@ def make_synthetic_drive(
     *,
     size: tuple[int, int] = (584, 565),
     seed: int = 0,
-) -> tuple[list[DriveExample], list[DriveExample]]:
+) -> tuple[list[Example], list[Example]]:
     """A DRIVE-like (train, test) pair of synthetic example lists.
 
     Args:
@@ -138,15 +142,55 @@ def make_synthetic_drive(
         are generated).
 
     Returns:
-      ``(train, test)`` lists of :class:`DriveExample` (RGB uint8 images,
-      {0,1} labels that are zero outside the FOV, {0,1} circular FOV masks).
+      ``(train, test)`` lists of :class:`~unet_jax.data.base.Example` (RGB uint8
+      images, {0,1} labels that are zero outside the FOV, {0,1} circular FOV masks
+      as ``valid``).
     """
-    train = [
-        make_synthetic_example(f"syn_train_{i:02d}", np.random.default_rng([seed, 0, i]), size)
-        for i in range(num_train)
-    ]
-    test = [
-        make_synthetic_example(f"syn_test_{i:02d}", np.random.default_rng([seed, 1, i]), size)
-        for i in range(num_test)
-    ]
-    return train, test
+    return (list(_SyntheticSource("train", num_train, size, seed)),
+            list(_SyntheticSource("test", num_test, size, seed)))
+
+
+class _SyntheticSource:
+    """Example i of a split, generated on access from its own generator."""
+
+    def __init__(self, split: str, count: int, size: tuple[int, int], seed: int):
+        self.split, self.count, self.size, self.seed = split, count, tuple(size), seed
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> Example:
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        rng = np.random.default_rng([self.seed, 0 if self.split == "train" else 1, i])
+        return make_synthetic_example(f"syn_{self.split}_{i:02d}", rng, self.size)
+
+
+@register("synthetic")
+class SyntheticDrive(Dataset):
+    """Synthetic fundus-like images with a DRIVE-like split (see :func:`make_synthetic_drive`)."""
+
+    name = "synthetic"
+    valid_region = "FOV"
+    synthetic = True
+
+    def __init__(
+        self,
+        num_train: int = 20,
+        num_test: int = 20,
+        size: tuple[int, int] = (584, 565),
+        seed: int = 0,
+        preprocess: PreprocessConfig = PreprocessConfig(),
+    ):
+        super().__init__(preprocess)
+        self.num_train, self.num_test, self.size, self.seed = num_train, num_test, tuple(size), seed
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    def train(self) -> Source:
+        return _SyntheticSource("train", self.num_train, self.size, self.seed)
+
+    def test(self) -> Source:
+        return _SyntheticSource("test", self.num_test, self.size, self.seed)

@@ -37,12 +37,18 @@ from unet_jax.workdir import atomic_write_bytes, read_jsonl
 
 ITEMS = ("state", "data", "meta")
 
-# Config fields that do not change the training math and may differ on --resume.
+# Config fields that do not change the training math and may differ on --resume (the
+# data's location may move with the run, e.g. to another machine).
 RESUME_FREE = {
-    ("train", "checkpoint_every"),
-    ("train", "keep"),
-    ("train", "log_every"),
-    ("train", "eval_every"),
+    "train.checkpoint_every",
+    "train.keep",
+    "train.log_every",
+    "train.eval_every",
+    "data.options.data_dir",
+    "data.options.tfds_dir",
+    "data.options.root",
+    "data.options.images",
+    "data.options.masks",
 }
 
 
@@ -200,20 +206,18 @@ def load_state(workdir: Path, template: Any, *, which: str = "latest", step: int
         ckpt.close()
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``section.field: saved -> current`` for every field that forbids resuming."""
+def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """``section.field: saved -> current`` for every (nested) field that forbids resuming."""
     out = []
-    for section in sorted(set(saved) | set(current)):
-        a, b = saved.get(section), current.get(section)
-        if not isinstance(a, dict) or not isinstance(b, dict):
-            if a != b and section != "dataset":
-                out.append(f"{section}: {a!r} -> {b!r}")
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        if name in RESUME_FREE:
             continue
-        for key in sorted(set(a) | set(b)):
-            if (section, key) in RESUME_FREE:
-                continue
-            if a.get(key, "<missing>") != b.get(key, "<missing>"):
-                out.append(f"{section}.{key}: {a.get(key, '<missing>')!r} -> {b.get(key, '<missing>')!r}")
+        a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(config_differences(a, b, prefix=f"{name}."))
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
     return out
 
 

@@ -19,14 +19,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from unet_jax.config import TrainConfig
-from unet_jax.evaluation import evaluate_binary
-from unet_jax.inference import predict_probs
 from unet_jax.training import parallel
 from unet_jax.training.checkpoint import Checkpointer
 from unet_jax.training.recorder import Recorder
 from unet_jax.training.state import TrainState, make_schedule
 from unet_jax.training.steps import LossFn, eval_step
-from unet_jax.visualize import overlay
+
+# Validation: state -> (figures, whose "dice" selects the best checkpoint; an RGB picture
+# for TensorBoard, or None).
+Validate = Callable[[TrainState], tuple[dict[str, Any], np.ndarray | None]]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,16 +39,6 @@ class NonFiniteLossError(RuntimeError):
             "a different --loss, or check the input data."
         )
         self.step = step
-
-
-@dataclasses.dataclass
-class EvalSet:
-    """Whole images for evaluation: images (N,H,W,C) float32; labels and fovs (N,H,W)."""
-
-    ids: list[str]
-    images: np.ndarray
-    labels: np.ndarray
-    fovs: np.ndarray
 
 
 @dataclasses.dataclass
@@ -66,7 +57,7 @@ _jitted_eval_step = jax.jit(eval_step)
 
 
 def make_predict_fn(state: TrainState) -> Callable[[np.ndarray], jax.Array]:
-    """A jitted (N,H,W,C) -> (N,H,W) probability function bound to `state`'s weights."""
+    """A jitted (N,H,W,C) -> probabilities function bound to `state`'s weights (see eval_step)."""
     return functools.partial(_jitted_eval_step, state)
 
 
@@ -118,25 +109,86 @@ def _prefetch(it: Iterator[Any], sharding=None, size: int = 2) -> Iterator[tuple
         stop.set()
 
 
-def validate(state: TrainState, val: EvalSet, threshold: float) -> tuple[dict[str, float], np.ndarray]:
-    """Within-FOV metrics on the validation images, and their probability maps (N,H,W)."""
-    probs = predict_probs(make_predict_fn(state), val.images)
-    summary = evaluate_binary(probs, val.labels, val.fovs, ids=val.ids, threshold=threshold, with_auc=True).summary
-    return summary, probs
+class _TrainLog:
+    """Pending per-step metrics (kept on the device until a log point), the steady-state
+    clock, and the train records and progress bar they feed."""
+
+    def __init__(self, cfg: TrainConfig, recorder: Recorder | None, bar: tqdm):
+        self.schedule, self.recorder, self.bar = make_schedule(cfg), recorder, bar
+        self.pending: list[tuple[int, dict]] = []
+        self.first_step_s = float("nan")
+        self.steady_time, self.steady_images = 0.0, 0
+        self.t_prev = time.perf_counter()
+
+    def first_step_done(self) -> None:
+        self.first_step_s = time.perf_counter() - self.t_prev
+        self.t_prev = time.perf_counter()
+
+    def count(self, n_images: int, sync: bool) -> None:
+        """Counts a steady-state step; at a sync point, adds the time since the previous one."""
+        self.steady_images += n_images
+        if sync:
+            now = time.perf_counter()
+            self.steady_time += now - self.t_prev
+            self.t_prev = now
+
+    def restart_clock(self) -> None:
+        """After evaluation or checkpointing: that time is not training time."""
+        self.t_prev = time.perf_counter()
+
+    def images_per_s(self) -> float:
+        return self.steady_images / self.steady_time if self.steady_time > 0 else float("nan")
+
+    def check_finite(self) -> list:
+        fetched = jax.device_get([m for _, m in self.pending])
+        for (s, _), m in zip(self.pending, fetched):
+            loss = float(m["loss"])
+            if not np.isfinite(loss):
+                raise NonFiniteLossError(s, loss)
+        return fetched
+
+    def flush(self) -> None:
+        fetched = self.check_finite()
+        s, m = self.pending[-1][0], fetched[-1]
+        ips = self.images_per_s()
+        record = {
+            "split": "train",
+            "step": s,
+            "loss": float(np.mean([float(f["loss"]) for f in fetched])),
+            "grad_norm": float(m["grad_norm"]),
+            "lr": float(self.schedule(s - 1)),
+            "images_per_s": ips,
+        }
+        if self.recorder:
+            self.recorder.write(record)
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{ips:.1f}")
+        self.pending.clear()
 
 
-def fit(
-    state: TrainState,
-    batches: Iterator[dict[str, np.ndarray]],
-    *,
-    cfg: TrainConfig,
-    loss_fn: LossFn,
-    recorder: Recorder | None = None,
-    val: EvalSet | None = None,
-    progress: bool = True,
-    mesh: jax.sharding.Mesh | None = None,
-    checkpointer: Checkpointer | None = None,
-) -> tuple[TrainState, FitStats]:
+def _timed(fn: Callable[..., Any], *args: Any) -> float:
+    """Seconds `fn(*args)` took."""
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
+def _validate(validate: Validate, state: TrainState, step: int, recorder: Recorder | None, bar: tqdm) -> float:
+    """Runs and records one validation; returns its Dice."""
+    summary, picture = validate(parallel.local_copy(state))
+    if recorder:
+        recorder.write({"split": "val", "step": step, **summary})
+        if picture is not None:
+            recorder.image("val/overlay", picture, step)
+    if jax.process_index() == 0:
+        auc = f" auc {summary['auc']:.4f}" if "auc" in summary else ""
+        bar.write(f"step {step}: val dice {summary['dice']:.4f}{auc}")
+    return summary["dice"]
+
+
+def fit(state: TrainState, batches: Iterator[dict[str, np.ndarray]], *, cfg: TrainConfig, loss_fn: LossFn,
+        recorder: Recorder | None = None, validate: Validate | None = None, progress: bool = True,
+        mesh: jax.sharding.Mesh | None = None, checkpointer: Checkpointer | None = None,
+        ) -> tuple[TrainState, FitStats]:
     """Runs `cfg.steps - state.step` optimizer steps; returns the final state and timings.
 
     `batches` yields this process's share of each global batch (all of it in a
@@ -147,112 +199,64 @@ def fit(
     point they are fetched together and checked, so a NaN is reported at its exact step
     (and never checkpointed: pending losses are checked before every save).
 
-    With a `checkpointer`, the latest state is saved every ``checkpointer.every`` steps and
-    at the final step, and the best by validation Dice at evaluation steps. Evaluation and
-    checkpoint writing are excluded from the steady-state images/s.
+    `validate` runs every ``cfg.eval_every`` steps and at the last step, on a
+    single-device copy of the state; its figures are logged under "val" and its "dice"
+    chooses the best checkpoint. A `checkpointer` saves the latest state every
+    ``checkpointer.every`` steps and at the final step, and the best by validation Dice.
+    Evaluation and checkpointing are excluded from the steady-state images/s.
     """
     mesh = mesh if mesh is not None else parallel.make_data_mesh()
     parallel.check_batch_size(cfg.batch_size, mesh)
     step_fn = parallel.TrainStep(loss_fn, mesh)
     state = parallel.replicate(state, mesh)
-    schedule = make_schedule(cfg)
     start_step = int(state.step)
-    pending: list[tuple[int, dict]] = []
-    first_step_s = float("nan")
-    steady_time, steady_images, eval_time, ckpt_time = 0.0, 0, 0.0, 0.0
-    t_loop = time.perf_counter()
+    ckpt_time, t_loop = 0.0, time.perf_counter()
     show = progress and jax.process_index() == 0
     bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", disable=not show, dynamic_ncols=True)
-
-    def check_finite() -> list:
-        fetched = jax.device_get([m for _, m in pending])
-        for (s, _), m in zip(pending, fetched):
-            loss = float(m["loss"])
-            if not np.isfinite(loss):
-                raise NonFiniteLossError(s, loss)
-        return fetched
-
-    def flush(step: int) -> None:
-        fetched = check_finite()
-        s, m = pending[-1][0], fetched[-1]
-        losses = [float(f["loss"]) for f in fetched]
-        ips = steady_images / steady_time if steady_time > 0 else float("nan")
-        record = {
-            "split": "train",
-            "step": s,
-            "loss": float(np.mean(losses)),
-            "grad_norm": float(m["grad_norm"]),
-            "lr": float(schedule(s - 1)),
-            "images_per_s": ips,
-        }
-        if recorder:
-            recorder.write(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{ips:.1f}")
-        pending.clear()
-
+    log = _TrainLog(cfg, recorder, bar)
     it = _prefetch(batches, parallel.data_sharding(mesh))
     try:
-        t_prev = time.perf_counter()
+        log.restart_clock()
         for step in range(start_step + 1, cfg.steps + 1):
             batch, data_state = next(it)
             state, m = step_fn(state, batch)
-            pending.append((step, m))
-            n_images = int(batch["image"].shape[0])  # the global batch
+            log.pending.append((step, m))
             if step == start_step + 1:
                 jax.block_until_ready(m)
-                first_step_s = time.perf_counter() - t_prev
-                t_prev = time.perf_counter()
+                log.first_step_done()
             is_log = step % cfg.log_every == 0 or step == cfg.steps
-            is_eval = val is not None and (step % cfg.eval_every == 0 or step == cfg.steps)
+            is_eval = validate is not None and (step % cfg.eval_every == 0 or step == cfg.steps)
             is_ckpt = checkpointer is not None and checkpointer.due(step, cfg.steps)
             sync = is_log or is_eval or is_ckpt
             if sync:
                 jax.block_until_ready(m)
             if step > start_step + 1:
-                # Time since the previous synchronisation point, excluding evaluation.
-                now = time.perf_counter()
-                steady_images += n_images
-                if sync:
-                    steady_time += now - t_prev
-                    t_prev = now
+                log.count(int(batch["image"].shape[0]), sync)  # the global batch
             if is_log or is_eval:
-                flush(step)
+                log.flush()
             elif is_ckpt:
-                check_finite()  # never save a NaN state; the losses stay pending for the next log
+                log.check_finite()  # never save a NaN state; the losses stay pending for the next log
             if is_eval:
-                t_eval = time.perf_counter()
-                eval_state = parallel.local_copy(state)
-                summary, probs = validate(eval_state, val, cfg.threshold)
-                if recorder:
-                    recorder.write({"split": "val", "step": step, **summary})
-                    recorder.image("val/overlay", overlay(probs[0] >= cfg.threshold, val.labels[0], val.fovs[0]), step)
-                if jax.process_index() == 0:
-                    bar.write(f"step {step}: val dice {summary['dice']:.4f} auc {summary.get('auc', float('nan')):.4f}")
-                eval_time += time.perf_counter() - t_eval
+                dice = _validate(validate, state, step, recorder, bar)
                 if checkpointer is not None:
-                    t_ckpt = time.perf_counter()
-                    checkpointer.offer_best(step, state, data_state, summary["dice"])
-                    ckpt_time += time.perf_counter() - t_ckpt
-                t_prev = time.perf_counter()
+                    ckpt_time += _timed(checkpointer.offer_best, step, state, data_state, dice)
+                log.restart_clock()
             if is_ckpt:
                 # Last: everything of this step (logs, validation, best) is done when it lands.
-                t_ckpt = time.perf_counter()
-                checkpointer.save_latest(step, state, data_state)
-                ckpt_time += time.perf_counter() - t_ckpt
-                t_prev = time.perf_counter()
+                ckpt_time += _timed(checkpointer.save_latest, step, state, data_state)
+                log.restart_clock()
             bar.update(1)
     finally:
         it.close()
         bar.close()
     # Images counted since the last sync but not timed would inflate the rate; all steps end
     # on a log point (the last step always is), so counts and times cover the same steps.
-    stats = FitStats(
-        first_step_s=first_step_s,
-        images_per_s=steady_images / steady_time if steady_time > 0 else float("nan"),
+    return state, FitStats(
+        first_step_s=log.first_step_s,
+        images_per_s=log.images_per_s(),
         train_wall_s=time.perf_counter() - t_loop,
         step_traces=step_fn.traces,
         step_cache_size=step_fn.cache_size(),
         devices=int(mesh.devices.size),
         checkpoint_s=ckpt_time,
     )
-    return state, stats

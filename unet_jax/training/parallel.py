@@ -29,7 +29,7 @@ On one device all of these collectives are identities and the step computes what
 
 Multi-process (multi-host) runs call :func:`initialize_distributed` before anything else
 touches JAX; each process then feeds its own ``batch_size / process_count`` examples
-(its grain pipeline reads only its shard, :func:`shard_for_process`), and
+(its grain pipeline reads only its shard: ``make_train_dataset(..., shard=...)``), and
 :func:`put_batch` assembles them into one global array.
 """
 
@@ -38,7 +38,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import grain
 import jax
 import numpy as np
 import optax
@@ -108,15 +107,6 @@ def check_batch_size(global_batch: int, mesh: Mesh) -> int:
             f"evenly over {where}; use a multiple of {n_dev} (e.g. {max(n_dev, global_batch // n_dev * n_dev)})"
         )
     return global_batch // n_proc
-
-
-def shard_for_process(ds: grain.MapDataset) -> grain.MapDataset:
-    """This process's share of a (per-example) MapDataset: elements ``i::process_count``.
-
-    Apply before batching. With one process it returns `ds` itself.
-    """
-    n = jax.process_count()
-    return ds if n == 1 else ds[jax.process_index() :: n]
 
 
 def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
@@ -231,5 +221,4 @@ __all__ = [
     "put_batch",
     "replicate",
     "replicated",
-    "shard_for_process",
 ]

@@ -30,8 +30,9 @@ class Recorder:
         split, step = record["split"], int(record["step"])
         for key, value in record.items():
             # Not-yet-defined figures (images/s before any timed interval) are NaN: the
-            # JSON line keeps them, TensorBoard gets no point.
-            if key not in ("split", "step") and isinstance(value, (int, float, np.floating)) and np.isfinite(value):
+            # JSON line keeps them, TensorBoard gets no point; flags are not figures.
+            numeric = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+            if key not in ("split", "step") and numeric and np.isfinite(value):
                 self.tb.add_scalar(f"{split}/{key}", float(value), step)
 
     def image(self, tag: str, image: np.ndarray, step: int) -> None:

@@ -1,0 +1,141 @@
+"""What every training entry point shares: the model/training/output flags and running a job.
+
+An entry point (``experiments/<dataset>.py``) adds its data flags, builds a
+:class:`~unet_jax.config.RunConfig` and a dataset from them, and hands both to
+:func:`run_main`, which maps every expected failure to a one-line error and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from unet_jax import losses, models
+from unet_jax.config import AugmentConfig, ConfigError, ModelConfig, RunConfig, TrainConfig
+from unet_jax.data.base import DataError, Dataset
+
+Build = Callable[[argparse.Namespace], tuple[RunConfig, Dataset]]
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    """The model, training, throughput, checkpoint and output flags (defaults: the configs')."""
+    m, t = ModelConfig(), TrainConfig()
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", choices=models.available(), default=m.arch)
+    g.add_argument("--features", type=int, default=m.features, help="base width (channels of the first level)")
+    g.add_argument("--depth", type=int, default=m.depth, help="number of poolings")
+    g.add_argument("--norm", choices=["batch", "group", "none"], default=m.norm)
+    g.add_argument("--upsample", choices=["transpose", "bilinear"], default=m.upsample)
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int, default=t.steps)
+    g.add_argument("--batch-size", type=int, default=t.batch_size)
+    g.add_argument("--lr", type=float, default=t.lr, help="peak learning rate")
+    g.add_argument("--warmup-steps", type=int, default=t.warmup_steps)
+    g.add_argument("--optimizer", choices=["adam", "adamw"], default=t.optimizer)
+    g.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    g.add_argument("--loss", choices=sorted(losses.LOSSES), default=t.loss)
+    g.add_argument("--seed", type=int, default=t.seed)
+    g.add_argument("--eval-every", type=int, default=t.eval_every)
+    g.add_argument("--log-every", type=int, default=t.log_every)
+    g.add_argument("--threshold", type=float, default=t.threshold, help="binary tasks: probability threshold of the masks")
+    g.add_argument("--ignore-empty", action=argparse.BooleanOptionalAction, default=t.ignore_empty,
+                   help="per-case Dice/IoU/sensitivity leave out cases whose label is empty (MONAI's convention); "
+                        "--no-ignore-empty scores them 1 when nothing is predicted, else 0")
+    g = p.add_argument_group("throughput")
+    g.add_argument("--precision", choices=["fp32", "bf16"], default=t.precision,
+                   help="bf16: activations and convolutions in bfloat16; parameters, optimizer state and the "
+                        "loss stay float32 (pays off on GPUs/TPUs, not on most CPUs)")
+    g.add_argument("--bn-sync", action=argparse.BooleanOptionalAction, default=t.bn_sync,
+                   help="batch-norm statistics over the whole global batch across devices (same math as one "
+                        "device); --no-bn-sync keeps them per device")
+    g.add_argument("--workers", type=int, default=0,
+                   help="grain worker processes producing patches (0: a background thread of this process)")
+    g.add_argument("--distributed", action="store_true",
+                   help="multi-process run: call jax.distributed.initialize (coordinator from "
+                        "$JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID, else cluster "
+                        "auto-detection: SLURM, Open MPI, ...); implied when $JAX_COORDINATOR_ADDRESS is set")
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--checkpoint-every", type=int, default=t.checkpoint_every,
+                   help="save the latest checkpoint every N steps (and always at the last step)")
+    g.add_argument("--keep", type=int, default=t.keep,
+                   help="latest checkpoints to keep (the best-by-validation one is kept separately)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --workdir from its latest checkpoint (same flags "
+                        "required, except --checkpoint-every/--keep/--log-every/--eval-every)")
+    g = p.add_argument_group("output")
+    g.add_argument("--workdir", default=None, help="run folder (default: runs/<dataset>-<arch>-<time>)")
+    g.add_argument("--overwrite", action="store_true", help="reuse a --workdir that already holds a run")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def add_augment_args(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="disable flips, rotations and intensity jitter")
+
+
+def augment_config(a: argparse.Namespace) -> AugmentConfig:
+    return AugmentConfig() if a.augment else AugmentConfig.none()
+
+
+def model_config(a: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(arch=a.arch, features=a.features, depth=a.depth, norm=a.norm, upsample=a.upsample)
+
+
+def train_config(a: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps, optimizer=a.optimizer,
+        weight_decay=a.weight_decay, loss=a.loss, seed=a.seed, eval_every=a.eval_every, log_every=a.log_every,
+        threshold=a.threshold, ignore_empty=a.ignore_empty, precision=a.precision, bn_sync=a.bn_sync,
+        checkpoint_every=a.checkpoint_every, keep=a.keep,
+    )
+
+
+def _flag_error(parser: argparse.ArgumentParser, e: ConfigError) -> str:
+    """A config error phrased with the entry point's flag for the field, when it has one."""
+    dest = e.field.rsplit(".", 1)[-1]
+    for action in parser._actions:
+        if action.dest == dest and action.option_strings:
+            return f"invalid value for {action.option_strings[0]}: {e.value!r} ({e.requirement})"
+    return str(e)
+
+
+def run_main(parser: argparse.ArgumentParser, build: Build, argv: list[str] | None = None) -> int:
+    """Parses `argv`, builds the run with `build`, trains and evaluates; returns the exit code.
+
+    0: done; 2: bad flags, data or work directory (nothing half-written); 1: the loss
+    became NaN; 130: interrupted (continue with --resume).
+    """
+    args = parser.parse_args(argv)
+    from unet_jax.training.checkpoint import CheckpointError
+    from unet_jax.training.loop import NonFiniteLossError
+    from unet_jax.training.parallel import initialize_distributed
+    from unet_jax.training.run import train_and_evaluate
+    from unet_jax.workdir import WorkdirError
+
+    workdir = None
+    try:
+        initialize_distributed(args.distributed)  # first: before anything else touches JAX
+        if args.resume and not args.workdir:
+            raise ValueError("--resume needs the --workdir of the run to continue")
+        cfg, dataset = build(args)
+        workdir = Path(args.workdir or f"runs/{cfg.data.dataset}-{cfg.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}")
+        train_and_evaluate(cfg, dataset, workdir, overwrite=args.overwrite, progress=args.progress,
+                           resume=args.resume)
+    except ConfigError as e:
+        print(f"error: {_flag_error(parser, e)}", file=sys.stderr)
+        return 2
+    except (DataError, WorkdirError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: results.json was not written; metrics.jsonl holds what was logged"
+              + (f"; continue with the same flags plus --resume --workdir {workdir}" if workdir else ""),
+              file=sys.stderr)
+        return 130
+    return 0

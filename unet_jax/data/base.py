@@ -1,0 +1,198 @@
+"""What every dataset provides: examples, random-access sources, and the dataset registry.
+
+A dataset is a small class: where its train and test examples come from (random-access
+*sources* that decode one example per access), how many classes its labels have, and how
+an image is preprocessed. The training engine (:mod:`unet_jax.training.run`) does the rest.
+
+    from unet_jax import data
+
+    ds = data.get("folder", root="my_data")      # or "drive", "synthetic", ...
+    ex = ds.train()[0]                           # an Example, decoded on access
+    x = ds.preprocess(ex).image                  # float32 (H, W, C), the model's input
+
+A new dataset subclasses :class:`Dataset` and registers itself with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from unet_jax.config import PreprocessConfig
+
+__all__ = [
+    "DataError",
+    "Dataset",
+    "Example",
+    "InMemorySource",
+    "MappedSource",
+    "Source",
+    "Subset",
+    "available",
+    "get",
+    "register",
+]
+
+
+class DataError(Exception):
+    """Input data that cannot be used; the message names the file or folder and the fix."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Example:
+    """One image with its label.
+
+    Attributes:
+      id: unique within its split, used for output file names.
+      image: (H, W, C) as stored (uint8 / uint16) or, once preprocessed, float32.
+      label: (H, W) integer class ids, 0 = background (binary tasks: {0, 1}).
+      valid: optional (H, W) {0, 1} region that counts (DRIVE's field of view): the loss
+        and every metric ignore pixels outside it. None: every pixel counts.
+      case: the volume or patient the image belongs to (per-case metrics pool its
+        images); None: the image is its own case.
+    """
+
+    id: str
+    image: np.ndarray
+    label: np.ndarray
+    valid: np.ndarray | None = None
+    case: str | None = None
+
+    @property
+    def case_id(self) -> str:
+        return self.id if self.case is None else self.case
+
+    def replace(self, **changes: Any) -> Example:
+        return dataclasses.replace(self, **changes)
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Random access to examples (grain's ``RandomAccessDataSource`` protocol)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Example: ...
+
+
+class InMemorySource:
+    """Examples held in memory (small datasets, or ones already decoded)."""
+
+    def __init__(self, examples: Sequence[Example]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Example:
+        return self.examples[index]
+
+
+class MappedSource:
+    """`fn` applied to each example of `source` on access (e.g. preprocessing)."""
+
+    def __init__(self, source: Source, fn: Callable[[Example], Example]):
+        self.source, self.fn = source, fn
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Example:
+        return self.fn(self.source[index])
+
+
+class Subset:
+    """The examples of `source` at `indices`, in that order."""
+
+    def __init__(self, source: Source, indices: Sequence[int]):
+        self.source, self.indices = source, [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Example:
+        return self.source[self.indices[index]]
+
+
+class Dataset(abc.ABC):
+    """A segmentation dataset: train and test sources, classes, preprocessing.
+
+    Subclasses set `name`, implement :meth:`train` and :meth:`test` and
+    :attr:`num_classes`, and may override :meth:`preprocess` (the default applies
+    :func:`unet_jax.data.preprocess.preprocess_example` with `self.preprocessing`).
+    """
+
+    name: str = ""
+    #: what the valid-region mask is called in messages and results ("FOV"), or None.
+    valid_region: str | None = None
+    #: synthetic data: results say so loudly.
+    synthetic: bool = False
+
+    def __init__(self, preprocess: PreprocessConfig = PreprocessConfig()):
+        self.preprocessing = preprocess
+
+    @property
+    @abc.abstractmethod
+    def num_classes(self) -> int:
+        """Classes including background: 2 for a binary task."""
+
+    @property
+    def channels(self) -> int:
+        """Input channels of the model (after preprocessing)."""
+        return self.preprocessing.num_channels
+
+    @abc.abstractmethod
+    def train(self) -> Source:
+        """The training examples (validation is carved from these by the engine)."""
+
+    @abc.abstractmethod
+    def test(self) -> Source:
+        """The test examples: used once, for the reported figures."""
+
+    def preprocess(self, example: Example) -> Example:
+        """The model's view of `example`: float32 image, label and valid mask resized alike."""
+        from unet_jax.data.preprocess import preprocess_example
+
+        return preprocess_example(example, self.preprocessing)
+
+    def with_preprocess(self, preprocess: PreprocessConfig) -> Dataset:
+        """The same data with other preprocessing (a shallow copy: nothing is read again)."""
+        other = copy.copy(self)
+        other.preprocessing = preprocess
+        return other
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the data for results.json (where it was read from, counts, ...)."""
+        return {"name": self.name, "num_classes": self.num_classes}
+
+
+_REGISTRY: dict[str, Callable[..., Dataset]] = {}
+
+
+def register(name: str) -> Callable[[type[Dataset]], type[Dataset]]:
+    """Class decorator adding a dataset to the registry under `name`."""
+
+    def wrap(cls: type[Dataset]) -> type[Dataset]:
+        if name in _REGISTRY:
+            raise ValueError(f"dataset {name!r} is already registered")
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`get`."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **options: Any) -> Dataset:
+    """Builds the dataset `name` with its keyword `options` (and ``preprocess=``)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name](**options)
