@@ -23,11 +23,12 @@ from unet_jax.training.state import create_train_state
 from unet_jax.training.steps import train_step
 
 
-def setup(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_size=32, loss="bce_dice"):
+def setup(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_size=32, loss="bce_dice",
+          upsample="transpose"):
     """(jitted step, state, device batch) for a synthetic batch with ~12% foreground."""
     cfg = {"in_channels": channels, "out_channels": 1}
     if "features" in models.options(arch):  # fixed-width networks (resunet34) have none
-        cfg.update(features=features, depth=depth)
+        cfg.update(features=features, depth=depth, upsample=upsample)
     model = models.create(arch, **cfg)
     state = create_train_state(model, TrainConfig(), (1, patch_size, patch_size, channels), jax.random.key(0))
     rng = np.random.default_rng(0)
@@ -41,8 +42,9 @@ def setup(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_si
     return step, state, batch
 
 
-def measure(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_size=32, steps=30, loss="bce_dice"):
-    step, state, batch = setup(arch, features, depth, channels, patch_size, batch_size, loss)
+def measure(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_size=32, steps=30, loss="bce_dice",
+            upsample="transpose"):
+    step, state, batch = setup(arch, features, depth, channels, patch_size, batch_size, loss, upsample)
     batch = jax.device_put(batch)
     t = time.perf_counter()
     state, m = step(state, batch)
@@ -56,7 +58,8 @@ def measure(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_
         times.append(time.perf_counter() - t)
     med = float(np.median(times))
     return {
-        "arch": arch, "features": features, "depth": depth, "channels": channels, "patch_size": patch_size,
+        "arch": arch, "features": features, "depth": depth, "upsample": upsample, "channels": channels,
+        "patch_size": patch_size,
         "batch_size": batch_size, "steps_timed": steps, "first_step_s": first, "median_step_s": med,
         "images_per_s": batch_size / med, "device": jax.devices()[0].device_kind, "num_cpus_visible": __import__("os").cpu_count(),
         "jax": jax.__version__, "machine": platform.machine(),
@@ -72,9 +75,10 @@ def main() -> None:
     p.add_argument("--patch-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--upsample", choices=["transpose", "depth_to_space", "bilinear"], default="transpose")
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    r = measure(a.arch, a.features, a.depth, a.channels, a.patch_size, a.batch_size, a.steps)
+    r = measure(a.arch, a.features, a.depth, a.channels, a.patch_size, a.batch_size, a.steps, upsample=a.upsample)
     print(json.dumps(r, indent=2))
     if a.out:
         with open(a.out, "w") as f:

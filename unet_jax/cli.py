@@ -28,7 +28,8 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--features", type=int, default=m.features, help="base width (channels of the first level)")
     g.add_argument("--depth", type=int, default=m.depth, help="number of poolings")
     g.add_argument("--norm", choices=["batch", "group", "none"], default=m.norm)
-    g.add_argument("--upsample", choices=["transpose", "bilinear"], default=m.upsample)
+    g.add_argument("--upsample", choices=["transpose", "depth_to_space", "bilinear"], default=m.upsample,
+                   help="depth_to_space: the transposed convolution's layer and parameters computed as a matmul")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=t.steps)
     g.add_argument("--batch-size", type=int, default=t.batch_size)

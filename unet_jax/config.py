@@ -159,7 +159,8 @@ class ModelConfig:
             ("features", self.features >= 1, "must be >= 1"),
             ("depth", 1 <= self.depth <= 6, "must be in 1..6"),
             ("norm", self.norm in ("batch", "group", "none"), "one of batch, group, none"),
-            ("upsample", self.upsample in ("transpose", "bilinear"), "one of transpose, bilinear"),
+            ("upsample", self.upsample in ("transpose", "depth_to_space", "bilinear"),
+             "one of transpose, depth_to_space, bilinear"),
         ], self)
 
 

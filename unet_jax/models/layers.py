@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 Norm = Literal["batch", "group", "none"]
-Upsample = Literal["transpose", "bilinear"]
+Upsample = Literal["transpose", "depth_to_space", "bilinear"]
 
 # PyTorch's BatchNorm2d defaults (momentum 0.1 == flax momentum 0.9, eps 1e-5), so that
 # weights ported from the PyTorch twins behave identically.
@@ -76,6 +76,10 @@ class UpSample(nn.Module):
     """Doubles height and width and sets the channel count to `features`.
 
     "transpose": a 2x2 stride-2 transposed convolution (the original U-Net's up-conv).
+    "depth_to_space": the same layer with the same parameters, computed as one matmul to
+      4 x features channels and a depth-to-space reshape. Its 2x2 windows do not overlap,
+      so the two are equal; XLA's transposed convolution has slow paths on some backends
+      (jax issues 8537, 23783, 31662), and a matmul has none.
     "bilinear": bilinear resize followed by a 1x1 convolution (fewer parameters, no
     checkerboard artefacts).
     """
@@ -90,11 +94,35 @@ class UpSample(nn.Module):
             return nn.ConvTranspose(
                 self.features, (2, 2), strides=(2, 2), padding="VALID", dtype=self.dtype, name="up"
             )(x)
+        if self.mode == "depth_to_space":
+            return DepthToSpaceUp(self.features, self.dtype, name="up")(x)
         if self.mode == "bilinear":
             n, h, w, c = x.shape
             x = jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear")
             return nn.Conv(self.features, (1, 1), dtype=self.dtype, name="up")(x)
-        raise ValueError(f"unknown upsample mode {self.mode!r}; expected 'transpose' or 'bilinear'")
+        raise ValueError(f"unknown upsample mode {self.mode!r}; expected 'transpose', 'depth_to_space' or 'bilinear'")
+
+
+class DepthToSpaceUp(nn.Module):
+    """``nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding="VALID")`` as a matmul.
+
+    Same parameters (``kernel`` (2, 2, C, features), ``bias``) and initialisers. Output
+    pixel ``(2h + i, 2w + j)`` sees input pixel ``(h, w)`` only, through the kernel tap
+    ``(1 - i, 1 - j)`` (flax's transposed convolution correlates with the kernel
+    flipped), so the layer is ``einsum(x, flipped kernel)`` reshaped.
+    """
+
+    features: int
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        n, h, w, _ = x.shape
+        y = jnp.einsum("nhwc,ijcd->nhiwjd", x, kernel[::-1, ::-1])
+        return y.reshape(n, 2 * h, 2 * w, self.features) + bias
 
 
 def max_pool2(x: jax.Array) -> jax.Array:
