@@ -16,6 +16,7 @@ from experiments import folder as folder_cli
 from unet_jax import data
 from unet_jax.data import DataError
 from unet_jax.data.folder import FolderDataset
+from unet_jax.predictor import load_predictor
 
 SIZES = [(40, 56), (48, 48), (33, 61), (64, 40), (52, 52), (36, 44)]  # (H, W), all different
 
@@ -180,3 +181,10 @@ def test_multiclass_run_writes_results(tmp_path):
     assert config["data"]["options"]["classes"] == 3 and config["data"]["preprocess"]["channels"] == "gray"
     pred = cv2.imread(str(next((wd / "predictions").glob("img04*_pred.png"))), cv2.IMREAD_UNCHANGED)
     assert pred.shape[:2] == SIZES[4]  # predicted at the image's own size
+    predictor = load_predictor(wd, which="final")  # the run loads as a model without its data
+    probs = predictor(cv2.imread(str(tmp_path / "d" / "test" / "images" / "img04.png"), cv2.IMREAD_UNCHANGED))
+    assert probs.shape == (*SIZES[4], 3)
+    top2 = np.sort(probs, axis=-1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > 1e-4  # pixels whose class no rounding can flip
+    assert clear.mean() > 0.5
+    np.testing.assert_array_equal(probs.argmax(-1)[clear], pred[clear])

@@ -74,12 +74,27 @@ def plot_curves(records: Iterable[dict[str, Any]], path: Path, *, title: str = "
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
+def tint(image: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """RGB uint8 picture of a prediction without ground truth: the image in grey, predicted
+    pixels blended half-and-half with their class colour (binary: red)."""
+    from unet_jax.data.preprocess import preprocess_image
+
+    gray = to_uint8(preprocess_image(image, channels="gray", clahe=False, normalize="unit")[..., 0])
+    out = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
+    colours = np.asarray([(0, 0, 0), (255, 0, 0), *PALETTE[2:]], np.float32)
+    pred = np.asarray(pred).astype(np.int64)
+    fg = pred > 0
+    out[fg] = 0.5 * out[fg] + 0.5 * colours[pred[fg] % len(colours)]
+    return out.astype(np.uint8)
+
+
 def save_prediction(
-    outdir: Path, example_id: str, probs: np.ndarray, pred: np.ndarray, label: np.ndarray,
-    valid: np.ndarray | None = None,
+    outdir: Path, example_id: str, probs: np.ndarray, pred: np.ndarray, label: np.ndarray | None,
+    valid: np.ndarray | None = None, *, image: np.ndarray | None = None,
 ) -> None:
     """Writes `<id>_prob.png` (foreground probability x 255), `<id>_pred.png` and
-    `<id>_overlay.png` (see :func:`overlay`), with everything outside `valid` zeroed.
+    `<id>_overlay.png` (against `label`, see :func:`overlay`; without a label, the
+    prediction tinted on `image`, see :func:`tint`), with everything outside `valid` zeroed.
 
     `probs` is (H, W) for a binary task, (H, W, C) otherwise; `pred` holds class ids. The
     binary mask is saved as 0/255, a multi-class one as its class ids (0, 1, 2, ...).
@@ -93,4 +108,7 @@ def save_prediction(
     pred = np.where(inside, pred, 0)
     atomic_write_png(outdir / f"{example_id}_prob.png", to_uint8(foreground * inside))
     atomic_write_png(outdir / f"{example_id}_pred.png", to_uint8(pred) if binary else pred.astype(np.uint8))
-    atomic_write_png(outdir / f"{example_id}_overlay.png", overlay(pred, label, valid, binary=binary))
+    if label is None and image is None:
+        raise ValueError("save_prediction needs the label or the image for the overlay")
+    picture = overlay(pred, label, valid, binary=binary) if label is not None else tint(image, pred)
+    atomic_write_png(outdir / f"{example_id}_overlay.png", picture)

@@ -9,7 +9,8 @@
     results = train_and_evaluate(cfg, dataset, "runs/a")
 
 The work directory receives config.json (the whole configuration: ``RunConfig.from_dict``
-of it rebuilds the run), metrics.jsonl, TensorBoard events (tb/), checkpoints/ (latest/
+of it rebuilds the run), dataset.json (classes and input channels, so that
+``unet_jax.predictor.load_predictor`` needs no data), metrics.jsonl, TensorBoard events (tb/), checkpoints/ (latest/
 and best/ by validation Dice), curves.png, predictions/ (probability maps, masks,
 overlays of the test images), per_image.csv, per_case.csv when cases hold several images,
 and, last of all, results.json: its presence marks a finished run.
@@ -86,20 +87,29 @@ def training_source(cfg: RunConfig, dataset: Dataset, fit_src: Source, progress:
     return InMemorySource(examples)
 
 
-def build_state(cfg: RunConfig, dataset: Dataset, mesh: jax.sharding.Mesh) -> tuple[TrainState, int]:
-    """The model's initial TrainState, replicated over `mesh`, and its parameter count."""
-    m, n_dev = cfg.model, int(mesh.devices.size)
-    # Batch-norm sync is a no-op on one device; leaving the axis out there keeps the step
-    # bit-identical to the single-device train_step.
-    bn_axis = parallel.DATA if cfg.train.bn_sync and n_dev > 1 else None
+def initial_state(cfg: RunConfig, channels: int, num_classes: int, bn_axis_name: str | None = None) -> TrainState:
+    """The run's model and its freshly initialised TrainState (on the default device).
+
+    A binary task (``num_classes == 2``) has one sigmoid output, otherwise one softmax
+    output per class.
+    """
+    m = cfg.model
     # Fixed-width networks (resunet34) have no features/depth/norm/upsample options.
     shape_cfg = {k: v for k, v in dict(features=m.features, depth=m.depth, norm=m.norm, upsample=m.upsample).items()
                  if k in models.options(m.arch)}
-    out_channels = 1 if dataset.num_classes == 2 else dataset.num_classes
-    model = models.create(m.arch, in_channels=dataset.channels, out_channels=out_channels, bn_axis_name=bn_axis,
-                          dtype=jnp.bfloat16 if cfg.train.precision == "bf16" else None, **shape_cfg)
+    model = models.create(m.arch, in_channels=channels, out_channels=1 if num_classes == 2 else num_classes,
+                          bn_axis_name=bn_axis_name, dtype=jnp.bfloat16 if cfg.train.precision == "bf16" else None,
+                          **shape_cfg)
     p = cfg.data.patch_size
-    state = create_train_state(model, cfg.train, (1, p, p, dataset.channels), jax.random.key(cfg.train.seed))
+    return create_train_state(model, cfg.train, (1, p, p, channels), jax.random.key(cfg.train.seed))
+
+
+def build_state(cfg: RunConfig, dataset: Dataset, mesh: jax.sharding.Mesh) -> tuple[TrainState, int]:
+    """The model's initial TrainState, replicated over `mesh`, and its parameter count."""
+    # Batch-norm sync is a no-op on one device; leaving the axis out there keeps the step
+    # bit-identical to the single-device train_step.
+    bn_axis = parallel.DATA if cfg.train.bn_sync and mesh.devices.size > 1 else None
+    state = initial_state(cfg, dataset.channels, dataset.num_classes, bn_axis)
     return parallel.replicate(state, mesh), models.count_params(state.params)
 
 
@@ -200,6 +210,9 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
         multihost_utils.sync_global_devices("workdir prepared")
     if is_main and not resume:
         atomic_write_json(workdir / "config.json", cfg.to_dict())
+        # What a predictor needs besides the config, so a run loads without its data.
+        atomic_write_json(workdir / "dataset.json", {**dataset.describe(), "channels": dataset.channels,
+                                                     "valid_region": dataset.valid_region})
 
     d = cfg.data
     batches = iter(make_train_iterator(

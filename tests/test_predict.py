@@ -1,0 +1,87 @@
+"""A finished run as a model (`load_predictor`) and the predict command.
+
+The run is a few steps on synthetic fundus images (no data needed); the predict command
+runs on three real DRIVE test images when DRIVE is present (skipped otherwise): the
+preprocessing (green channel, CLAHE) is the same, so the synthetic model accepts them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from experiments import drive
+from unet_jax import metrics, predict
+from unet_jax.data import get as get_dataset
+from unet_jax.data.imageio import read_image, read_mask
+from unet_jax.predictor import PredictorError, load_predictor
+from unet_jax.visualize import to_uint8
+
+DRIVE = Path(os.environ.get("UNET_JAX_DRIVE_DIR", Path(__file__).parents[1] / ".." / "shared" / "data" / "DRIVE"))
+TINY = ["--synthetic", "--features", "4", "--depth", "2", "--patch-size", "32", "--batch-size", "8",
+        "--warmup-steps", "2", "--steps", "8", "--eval-every", "4", "--log-every", "4", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    wd = tmp_path_factory.mktemp("predict") / "run"
+    assert drive.main(TINY + ["--workdir", str(wd)]) == 0
+    return wd
+
+
+@pytest.mark.slow
+def test_final_predictor_reproduces_the_runs_test_predictions(run_dir):
+    predictor = load_predictor(run_dir, which="final")
+    assert predictor.step == 8 and predictor.num_classes == 2 and predictor.threshold == 0.5
+    example = get_dataset("synthetic").test()[0]  # the run's test images, as stored
+    probs = predictor(example.image)
+    assert probs.shape == example.label.shape and probs.dtype == np.float32
+    saved = cv2.imread(str(run_dir / "predictions" / f"{example.id}_prob.png"), cv2.IMREAD_GRAYSCALE)
+    inside = example.valid > 0
+    # the PNG holds round(255 p): the same probabilities agree to one grey level
+    assert np.abs(to_uint8(probs)[inside].astype(int) - saved[inside]).max() <= 1
+    best = load_predictor(run_dir, which="best")
+    assert best.step in (4, 8)
+
+
+def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
+    with pytest.raises(PredictorError, match="config.json is missing"):
+        load_predictor(tmp_path)
+    assert predict.main(["--run", str(tmp_path), str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DRIVE / "test" / "images").is_dir(), reason="DRIVE not found")
+def test_predict_drive_images_writes_files_and_metrics(run_dir, tmp_path):
+    images = sorted((DRIVE / "test" / "images").glob("*.tif"))[:3]
+    out = tmp_path / "out"
+    argv = ["--run", str(run_dir), *map(str, images), "--output", str(out), "--labels",
+            str(DRIVE / "test" / "1st_manual"), "--fov-masks", str(DRIVE / "test" / "mask"), "--no-progress"]
+    assert predict.main(argv + ["--tta", "flip"]) == 0
+    for image in images:
+        for kind in ("prob", "pred", "overlay"):
+            assert (out / f"{image.stem}_{kind}.png").is_file()
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    assert [r["id"] for r in rows] == [p.stem for p in images]
+    predictor = load_predictor(run_dir)
+    for image, row in zip(images, rows):  # the CSV is unet_jax.metrics on the same arrays
+        probs = predictor(read_image(image), tta=True)
+        n = image.stem.split("_")[0]
+        label = read_mask(DRIVE / "test" / "1st_manual" / f"{n}_manual1.gif") > 0
+        fov = read_mask(DRIVE / "test" / "mask" / f"{image.stem}_mask.gif") > 0
+        expected = metrics.dice(metrics.confusion_counts(probs, label, mask=fov))
+        np.testing.assert_allclose(float(row["dice"]), float(expected), rtol=1e-6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 3 and summary["tta"] is True and 0 <= summary["test"]["dice"] <= 1
+
+    # sliding windows over an image of another size, no labels: same files, the input's size
+    assert predict.main(["--run", str(run_dir), str(images[0]), "--output", str(tmp_path / "sw"), "--window", "64",
+                         "--scale", "0.5", "--no-progress"]) == 0
+    pred = cv2.imread(str(tmp_path / "sw" / f"{images[0].stem}_pred.png"), cv2.IMREAD_GRAYSCALE)
+    assert pred.shape == read_image(images[0]).shape[:2]

@@ -1,0 +1,145 @@
+"""Segment images with a trained run.
+
+    python -m unet_jax.predict --run runs/drive-unet-... images/ more.png --output preds/
+    python -m unet_jax.predict --run RUN DRIVE/test/images --labels DRIVE/test/1st_manual \\
+        --fov-masks DRIVE/test/mask --tta --output preds/       # also per_image.csv + summary.json
+
+For every input image (files, or every image in a folder; PNG, JPEG, TIFF, BMP, GIF, PPM)
+writes ``<stem>_prob.png`` (foreground probability x 255), ``<stem>_pred.png`` (mask: 0/255,
+or class ids) and ``<stem>_overlay.png``. With --labels, the overlay shows the prediction
+against the label and per_image.csv / summary.json hold the metrics (``unet_jax.metrics``,
+within --fov-masks when given). Labels and FOV masks pair with an image by file stem, after
+a common suffix (``_mask``, ``_manual1``, ...) or by the stem's first ``_``-separated part
+(DRIVE's ``01_test.tif`` and ``01_manual1.gif``). Architecture, preprocessing, classes and
+threshold come from the run; nothing the training fixed is asked again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from unet_jax.data.base import DataError, Example
+from unet_jax.data.folder import MASK_SUFFIXES
+from unet_jax.data.imageio import IMAGE_EXTENSIONS, read_image, read_mask
+
+INPUT_EXTENSIONS = (*IMAGE_EXTENSIONS, ".ppm")
+
+
+def input_files(inputs: list[str]) -> list[Path]:
+    """The image files named, and the images in the folders named, in order."""
+    files: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in INPUT_EXTENSIONS)
+            if not found:
+                raise DataError(f"{path} holds no images ({', '.join(INPUT_EXTENSIONS)})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"input {path} does not exist")
+    return files
+
+
+def find_partner(stem: str, folder: Path, what: str) -> Path:
+    """The file in `folder` that labels the image `stem` (see the module docstring)."""
+    by_stem: dict[str, Path] = {}
+    for p in folder.iterdir():
+        if p.is_file() and p.suffix.lower() in INPUT_EXTENSIONS:
+            by_stem.setdefault(p.stem, p)
+    for base in dict.fromkeys([stem, stem.split("_")[0]]):
+        for suffix in MASK_SUFFIXES:
+            if f"{base}{suffix}" in by_stem:
+                return by_stem[f"{base}{suffix}"]
+    raise DataError(f"no {what} for image {stem!r} in {folder} (looked for {stem}, {stem}_mask, "
+                    f"{stem.split('_')[0]}_manual1, ... with any image extension)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m unet_jax.predict", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="image files or folders of images")
+    p.add_argument("--run", required=True, help="the training run's folder (its --workdir)")
+    p.add_argument("--output", required=True, help="folder for the predictions")
+    p.add_argument("--which", choices=["best", "final"], default="best", help="which checkpoint of the run")
+    p.add_argument("--labels", default=None, help="folder of ground-truth masks: also write metrics")
+    p.add_argument("--fov-masks", default=None, help="folder of valid-region masks (e.g. DRIVE's FOV)")
+    p.add_argument("--tta", choices=["none", "flip", "flip8"], default="none",
+                   help="test-time augmentation: mean over the 4 flips, or flips and transposes")
+    p.add_argument("--window", type=int, default=None, help="sliding-window side (default: whole image, "
+                                                            "windows of 512 above 2048x2048 pixels)")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap")
+    p.add_argument("--blend", choices=["gaussian", "constant"], default="gaussian", help="sliding-window blending")
+    p.add_argument("--threshold", type=float, default=None, help="binary: mask threshold (default: the run's)")
+    p.add_argument("--scale", type=float, default=1.0, help="resample inputs by this factor to the training "
+                                                           "data's pixel scale (predictions are mapped back)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def predict_files(args: argparse.Namespace) -> dict:
+    """Runs the prediction of `args` (see :func:`build_parser`); returns the summary."""
+    from unet_jax.evaluation import Evaluator, predicted_classes
+    from unet_jax.predictor import load_predictor
+    from unet_jax.visualize import save_prediction
+    from unet_jax.workdir import atomic_write_csv, atomic_write_json
+
+    files = input_files(args.inputs)
+    predictor = load_predictor(args.run, which=args.which)
+    threshold = predictor.threshold if args.threshold is None else args.threshold
+    evaluator = Evaluator(predictor.num_classes, threshold=threshold) if args.labels else None
+    out = Path(args.output)
+    options = dict(tta={"none": False, "flip": True, "flip8": 8}[args.tta], window=args.window,
+                   overlap=args.overlap, blend=args.blend, scale=args.scale)
+    t0, n_pixels = time.perf_counter(), 0
+    for path in tqdm(files, desc="predict", unit="image", disable=not args.progress):
+        image = read_image(path)
+        probs = predictor(image, **options)
+        label = read_mask(find_partner(path.stem, Path(args.labels), "label")) if args.labels else None
+        valid = read_mask(find_partner(path.stem, Path(args.fov_masks), "FOV mask")) if args.fov_masks else None
+        label = None if label is None else (label > 0 if predictor.num_classes == 2 else label).astype(np.uint8)
+        valid = None if valid is None else (valid > 0).astype(np.uint8)  # FOV files hold 0/255
+        pred = predicted_classes(probs, threshold)
+        if evaluator is not None:
+            evaluator.add(Example(id=path.stem, image=image, label=label, valid=valid), probs)
+        save_prediction(out, path.stem, probs, pred, label, valid, image=image)
+        n_pixels += image.shape[0] * image.shape[1]
+    seconds = time.perf_counter() - t0
+    summary = {"run": str(args.run), "checkpoint_step": predictor.step, "images": len(files), "seconds": seconds,
+               "images_per_s": len(files) / seconds, "threshold": threshold, **options}
+    if evaluator is not None:
+        result = evaluator.result()
+        atomic_write_csv(out / "per_image.csv", result.per_image)
+        summary["test"] = result.summary
+        atomic_write_json(out / "summary.json", summary)
+    print(f"{len(files)} image(s) in {seconds:.1f}s ({summary['images_per_s']:.2f} images/s, "
+          f"{n_pixels / seconds / 1e6:.2f} Mpixel/s); predictions in {out}"
+          + (f"; dice/F1 {summary['test']['dice']:.4f}" if evaluator is not None else ""), flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from unet_jax.predictor import PredictorError
+    from unet_jax.training.checkpoint import CheckpointError
+
+    try:
+        predict_files(args)
+    except (DataError, PredictorError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""A training run as a model: an image as read from disk in, probabilities out.
+
+    from unet_jax.predictor import load_predictor
+    predictor = load_predictor("runs/drive-unet-...", which="best")
+    probs = predictor(image)                        # whole image, (H, W) or (H, W, classes)
+    probs = predictor(image, tta=True, window=256)  # flip TTA, sliding window (Gaussian blending)
+
+Architecture, preprocessing, normalisation, classes and threshold come from the run's
+``config.json`` and ``dataset.json``; the weights from its checkpoints. Nothing else is
+needed: not the training data, not the flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unet_jax.config import RunConfig
+from unet_jax.data.preprocess import preprocess_image, resize_probs
+from unet_jax.inference import flip_tta, sliding_window_inference
+from unet_jax.training.checkpoint import CheckpointError, load_state
+from unet_jax.training.run import initial_state
+from unet_jax.training.state import TrainState
+from unet_jax.training.steps import eval_step
+
+__all__ = ["AUTO_WINDOW_PIXELS", "PredictorError", "Predictor", "load_predictor"]
+
+# Above this many pixels (after --scale), the whole image is predicted window by window.
+AUTO_WINDOW_PIXELS = 2048 * 2048
+AUTO_WINDOW = 512
+
+
+class PredictorError(ValueError):
+    """A run folder that cannot be loaded (names the file and what to do)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: compiled functions are cached per predictor
+class Predictor:
+    """Raw image -> probabilities for one trained run (see :func:`load_predictor`).
+
+    Attributes:
+      cfg: the run's configuration.
+      num_classes: classes including background (2: binary, probabilities (H, W)).
+      step: the training step of the weights.
+      state: the restored TrainState.
+    """
+
+    cfg: RunConfig
+    num_classes: int
+    step: int
+    state: TrainState
+
+    @property
+    def threshold(self) -> float:
+        return self.cfg.train.threshold
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """The model's float32 (H', W', C) input, exactly as in training."""
+        return preprocess_image(image, **dataclasses.asdict(self.cfg.data.preprocess))
+
+    def __call__(self, image: np.ndarray, *, tta: Literal[False, True, 8] = False, window: int | None = None,
+                 overlap: float = 0.5, blend: Literal["gaussian", "constant"] = "gaussian",
+                 scale: float = 1.0) -> np.ndarray:
+        """Probabilities at the image's own size: (H, W) (binary) or (H, W, classes).
+
+        Args:
+          image: as read from disk (uint8/uint16, gray, RGB or RGBA).
+          tta: average over the 4 flips (True) or flips and transposes (8).
+          window: predict in windows of this side (sliding window); None: the whole image,
+            or windows of 512 when it has more than 2048 x 2048 pixels.
+          overlap, blend: of the sliding window.
+          scale: resample the image by this factor first (to bring structures to the
+            training data's pixel scale); the probabilities are resampled back.
+        """
+        h, w = image.shape[:2]
+        if scale != 1.0:
+            size = (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        x = self.preprocess(image)
+        if window is None and x.shape[0] * x.shape[1] > AUTO_WINDOW_PIXELS:
+            window = AUTO_WINDOW
+        probs = np.asarray(self._compiled(tta, window, overlap, blend)(jnp.asarray(x)))
+        return resize_probs(probs[..., 0] if self.num_classes == 2 else probs, (h, w))
+
+    @functools.cache  # one jitted function per option set; jit then caches per image size
+    def _compiled(self, tta, window, overlap, blend):
+        def probs(batch):  # (B, h, w, C) -> (B, h, w, K)
+            p = eval_step(self.state, batch)
+            return p[..., None] if p.ndim == 3 else p
+
+        if tta:
+            probs = flip_tta(probs, transpose=tta == 8)
+        if window is None:
+            return jax.jit(lambda x: probs(x[None])[0])
+        return jax.jit(lambda x: sliding_window_inference(probs, x, window, overlap=overlap, blend=blend))
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise PredictorError(f"{path} is missing: {path.parent} is not a finished or running unet-jax run "
+                             f"({what}). Point --run at the folder a training command wrote (its --workdir).")
+    return json.loads(path.read_text())
+
+
+def load_predictor(workdir: str | Path, which: Literal["best", "final"] = "best") -> Predictor:
+    """Rebuilds the run in `workdir` and restores its weights.
+
+    `which`: "best" (by validation Dice; falls back to "final" with a note when the run
+    had no validation set) or "final" (the latest checkpoint: the final step of a finished
+    run).
+    """
+    workdir = Path(workdir)
+    if which not in ("best", "final"):
+        raise PredictorError(f"which must be 'best' or 'final', got {which!r}")
+    cfg = RunConfig.from_dict(_read_json(workdir / "config.json", "the run's configuration"))
+    info = _read_json(workdir / "dataset.json", "its classes and channels; runs made before dataset.json "
+                                               "existed cannot be loaded")
+    template = initial_state(cfg, int(info["channels"]), int(info["num_classes"]))
+    try:
+        state = load_state(workdir, template, which="best" if which == "best" else "latest")
+    except CheckpointError:
+        if which != "best":
+            raise PredictorError(f"{workdir / 'checkpoints'} holds no checkpoint yet") from None
+        print(f"note: {workdir} has no best checkpoint (no validation set); using the final one", flush=True)
+        state = load_state(workdir, template, which="latest")
+    return Predictor(cfg=cfg, num_classes=int(info["num_classes"]), step=int(state.step), state=state)
