@@ -1,7 +1,7 @@
 """A finished run as a model (`load_predictor`) and the predict command.
 
 The run is a few steps on synthetic fundus images (no data needed); the predict command
-runs on three real DRIVE test images when DRIVE is present (skipped otherwise): the
+runs on a real DRIVE test image when DRIVE is present (skipped otherwise): the
 preprocessing (green channel, CLAHE) is the same, so the synthetic model accepts them.
 """
 
@@ -46,8 +46,6 @@ def test_final_predictor_reproduces_the_runs_test_predictions(run_dir):
     inside = example.valid > 0
     # the PNG holds round(255 p): the same probabilities agree to one grey level
     assert np.abs(to_uint8(probs)[inside].astype(int) - saved[inside]).max() <= 1
-    best = load_predictor(run_dir, which="best")
-    assert best.step in (4, 8)
 
 
 def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
@@ -59,11 +57,11 @@ def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (DRIVE / "test" / "images").is_dir(), reason="DRIVE not found")
 def test_predict_drive_images_writes_files_and_metrics(run_dir, tmp_path):
-    images = sorted((DRIVE / "test" / "images").glob("*.tif"))[:3]
+    images = sorted((DRIVE / "test" / "images").glob("*.tif"))[:1]
     out = tmp_path / "out"
     argv = ["--run", str(run_dir), *map(str, images), "--output", str(out), "--labels",
             str(DRIVE / "test" / "1st_manual"), "--fov-masks", str(DRIVE / "test" / "mask"), "--no-progress"]
-    assert predict.main(argv + ["--tta", "flip"]) == 0
+    assert predict.main(argv) == 0
     for image in images:
         for kind in ("prob", "pred", "overlay"):
             assert (out / f"{image.stem}_{kind}.png").is_file()
@@ -71,14 +69,14 @@ def test_predict_drive_images_writes_files_and_metrics(run_dir, tmp_path):
     assert [r["id"] for r in rows] == [p.stem for p in images]
     predictor = load_predictor(run_dir)
     for image, row in zip(images, rows):  # the CSV is unet_jax.metrics on the same arrays
-        probs = predictor(read_image(image), tta=True)
+        probs = predictor(read_image(image))
         n = image.stem.split("_")[0]
         label = read_mask(DRIVE / "test" / "1st_manual" / f"{n}_manual1.gif") > 0
         fov = read_mask(DRIVE / "test" / "mask" / f"{image.stem}_mask.gif") > 0
         expected = metrics.dice(metrics.confusion_counts(probs, label, mask=fov))
         np.testing.assert_allclose(float(row["dice"]), float(expected), rtol=1e-6)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["images"] == 3 and summary["tta"] is True and 0 <= summary["test"]["dice"] <= 1
+    assert summary["images"] == 1 and summary["tta"] is False and 0 <= summary["test"]["dice"] <= 1
 
     # sliding windows over an image of another size, no labels: same files, the input's size
     assert predict.main(["--run", str(run_dir), str(images[0]), "--output", str(tmp_path / "sw"), "--window", "64",

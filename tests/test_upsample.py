@@ -46,18 +46,6 @@ def test_depth_to_space_equals_conv_transpose(shape):
     assert np.abs(ours.apply(unflipped, x) - expected).max() > 1e-3
 
 
-@pytest.mark.parametrize("arch", ["unet", "unetpp"])
-def test_networks_share_parameters_and_outputs(arch):
-    cfg = dict(features=4, depth=2, in_channels=3)
-    x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 19, 23, 3)))
-    transpose = models.create(arch, upsample="transpose", **cfg)
-    d2s = models.create(arch, upsample="depth_to_space", **cfg)
-    variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), transpose.init(jax.random.key(0), x))
-    assert jax.tree.map(jnp.shape, d2s.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, variables)
-    for a, b in zip(jax.tree.leaves(transpose.apply(variables, x)), jax.tree.leaves(d2s.apply(variables, x))):
-        _close(b, a)
-
-
 def test_ported_pytorch_weights_still_match():
     torch = pytest.importorskip("torch")
     from benchmarks.torch_reference import TWINS
