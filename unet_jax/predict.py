@@ -17,6 +17,7 @@ threshold come from the run; nothing the training fixed is asked again.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -48,12 +49,18 @@ def input_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def find_partner(stem: str, folder: Path, what: str) -> Path:
-    """The file in `folder` that labels the image `stem` (see the module docstring)."""
+@functools.cache  # one listing per folder, not one per input image
+def _files_by_stem(folder: Path) -> dict[str, Path]:
     by_stem: dict[str, Path] = {}
-    for p in folder.iterdir():
+    for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in INPUT_EXTENSIONS:
             by_stem.setdefault(p.stem, p)
+    return by_stem
+
+
+def find_partner(stem: str, folder: Path, what: str) -> Path:
+    """The file in `folder` that labels the image `stem` (see the module docstring)."""
+    by_stem = _files_by_stem(folder)
     for base in dict.fromkeys([stem, stem.split("_")[0]]):
         for suffix in MASK_SUFFIXES:
             if f"{base}{suffix}" in by_stem:
