@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 import pytest
 
-from experiments import drive
 from unet_jax import metrics, predict
 from unet_jax.data import get as get_dataset
 from unet_jax.data.imageio import read_image, read_mask
@@ -24,15 +23,8 @@ from unet_jax.predictor import PredictorError, load_predictor
 from unet_jax.visualize import to_uint8
 
 DRIVE = Path(os.environ.get("UNET_JAX_DRIVE_DIR", Path(__file__).parents[1] / ".." / "shared" / "data" / "DRIVE"))
-TINY = ["--synthetic", "--features", "4", "--depth", "2", "--patch-size", "32", "--batch-size", "8",
-        "--warmup-steps", "2", "--steps", "8", "--eval-every", "4", "--log-every", "4", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    wd = tmp_path_factory.mktemp("predict") / "run"
-    assert drive.main(TINY + ["--workdir", str(wd)]) == 0
-    return wd
+# run_dir, predictor (tests/conftest.py): a tiny run trained and loaded once per session,
+# shared with test_app.
 
 
 @pytest.mark.slow
@@ -56,7 +48,7 @@ def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (DRIVE / "test" / "images").is_dir(), reason="DRIVE not found")
-def test_predict_drive_images_writes_files_and_metrics(run_dir, tmp_path):
+def test_predict_drive_images_writes_files_and_metrics(run_dir, predictor, tmp_path):
     images = sorted((DRIVE / "test" / "images").glob("*.tif"))[:1]
     out = tmp_path / "out"
     argv = ["--run", str(run_dir), *map(str, images), "--output", str(out), "--labels",
@@ -67,7 +59,6 @@ def test_predict_drive_images_writes_files_and_metrics(run_dir, tmp_path):
             assert (out / f"{image.stem}_{kind}.png").is_file()
     rows = list(csv.DictReader((out / "per_image.csv").open()))
     assert [r["id"] for r in rows] == [p.stem for p in images]
-    predictor = load_predictor(run_dir)
     for image, row in zip(images, rows):  # the CSV is unet_jax.metrics on the same arrays
         probs = predictor(read_image(image))
         n = image.stem.split("_")[0]
