@@ -6,8 +6,8 @@
 Upload or drop an image (PNG, JPEG, TIFF, BMP, GIF, PPM/PGM: whatever
 ``unet_jax.data.imageio`` reads); the page shows the original, the foreground probability
 map and the mask tinted on the image side by side. For a binary run a threshold slider
-recomputes mask and overlay in the browser from the probability map (sent as an 8-bit PNG,
-so the threshold acts at 1/255 steps) without running the network again, and "Download
+recomputes mask and overlay in the browser from the probability map (sent as an 8-bit PNG:
+the slider moves in steps of 1/255) without running the network again, and "Download
 mask" saves the mask (0/255, the image's own size) as PNG. A multi-class run shows its
 argmax class map tinted and offers it (class ids) for download; there is no slider.
 
@@ -28,6 +28,7 @@ import codecs
 import http.server
 import importlib.resources
 import json
+import math
 import os
 import sys
 import tempfile
@@ -190,7 +191,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.log_message("error on %r: %s", name, traceback.format_exc())
             self._json(500, {"error": f"{name}: prediction failed ({type(e).__name__}: {e})"})
             return
-        payload.update(name=name, seconds=round(seconds, 3), threshold=self.server.info["threshold"])
+        threshold = self.server.info["threshold"]
+        # the page thresholds round(255 p) >= level: the run's p >= threshold is level = ceil(255 threshold)
+        payload.update(name=name, seconds=round(seconds, 3), threshold=threshold,
+                       threshold_level=int(math.ceil(threshold * 255 - 1e-9)))
         self.log_message("segmented %r (%dx%d) in %.2fs", name, image.shape[1], image.shape[0], seconds)
         self._json(200, payload)
 
