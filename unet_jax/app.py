@@ -310,9 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {args.host}: anyone who can reach this port can use the model", flush=True)
-    print(f"unet-jax app: {args.run} (step {predictor.step}, {predictor.num_classes} classes) at {server.url}"
-          "  (Ctrl-C to stop)", flush=True)
     try:
+        print(f"unet-jax app: {args.run} (step {predictor.step}, {predictor.num_classes} classes) at {server.url}"
+              "  (Ctrl-C to stop)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
