@@ -208,9 +208,9 @@ def test_multi_class_run_gets_its_argmax_class_map():
 
 @pytest.mark.slow
 @needs_drive
+@pytest.mark.skipif(not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+                    reason="needs Debian's chromium and chromedriver (apt-get install chromium chromium-driver)")
 def test_the_page_in_a_browser(run, model, reference, tmp_path):
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip("needs Debian's chromium and chromedriver (apt-get install chromium chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
