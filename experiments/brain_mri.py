@@ -145,7 +145,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None, workdir: str | Path 
     atomic_write_csv(workdir / "per_case.csv", ev.per_case)
     results = {"dataset": "lgg", "evaluated_run": str(run_dir.resolve()), "checkpoint": which,
                "step": int(state.step), "data": dataset.describe(), "arch": cfg.model.arch, "test": ev.summary,
-               "volumes": volumes, "total_wall_s": time.perf_counter() - t0,
+               "volumes": volumes, "volumes_per_patient": reporter.per_volume_rows(),
+               "total_wall_s": time.perf_counter() - t0,
                "note": "every patient of the folder evaluated with the run's preprocessing; figures on the stored "
                        "256x256 masks"}
     atomic_write_json(workdir / "results.json", results)

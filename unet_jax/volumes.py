@@ -268,6 +268,10 @@ class VolumeReporter:
         self._done.add(self._case)
         self._case, self._items = None, []
 
+    def per_volume_rows(self) -> list[dict[str, Any]]:
+        """One row per closed volume: its Dice with and without LCC, slices, voxel counts."""
+        return [{k: v for k, v in r.items() if k != "_empty"} for r in self.rows]
+
     def finish(self) -> dict[str, Any]:
         """Closes the last volume, writes per_volume.csv, per_slice_volume.csv and dsc.png;
         returns the summary (for results.json)."""
@@ -275,7 +279,7 @@ class VolumeReporter:
 
         self._close_case()
         workdir, ignore_empty, title = self.workdir, self.ignore_empty, self.title
-        rows = [{k: v for k, v in r.items() if k != "_empty"} for r in self.rows]
+        rows = self.per_volume_rows()
         if not rows:
             return {"num_volumes": 0}
         atomic_write_csv(workdir / "per_volume.csv", rows)
