@@ -169,6 +169,23 @@ def test_folds_give_disjoint_train_and_test_patients(tmp_path):
         LggDataset(tmp_path, folds=2, fold=2, preprocess=PRE, progress=False)
 
 
+def test_entry_point_folds_leave_validation_patients_to_the_engine(tmp_path):
+    from experiments import brain_mri
+
+    for i in range(6):
+        write_patient(tmp_path, f"P_{i}", 3, seed=i, size=16)
+    args = brain_mri.build_parser().parse_args(["--data-dir", str(tmp_path), "--folds", "3", "--fold", "1",
+                                                "--val-size", "1", "--image-size", "16", "--no-progress"])
+    cfg, ds = brain_mri.build(args)
+    assert cfg.data.options["folds"] == 3 and ds.validation() is None and len(set(ds.test().cases)) == 2
+    fit, val = split_train_val(cfg, ds.train())
+    assert len(set(val.cases)) == 1 and not set(val.cases) & set(fit.cases)
+    assert not (set(val.cases) | set(fit.cases)) & set(ds.test().cases)
+    assert len(val) == 3 and len(fit) == 9
+    assert cfg.data.augment == AugmentConfig(flips=True, vertical_flip=False, rot90=False, brightness=0.0,
+                                             contrast=0.0, scale=0.05, rotate=15.0)
+
+
 @needs_lgg
 def test_committed_split_is_the_seeded_split_of_the_shared_patients():
     spec = json.loads(SPLIT_50.read_text())
@@ -338,6 +355,7 @@ def test_reporter_scores_each_volume_and_writes_pictures(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 @needs_lgg
 def test_few_step_run_on_three_patients_writes_results_dsc_and_gifs(tmp_path):
     from experiments import brain_mri
@@ -358,16 +376,18 @@ def test_few_step_run_on_three_patients_writes_results_dsc_and_gifs(tmp_path):
     assert results["test"]["num_images"] == n_test
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["data"]["augment"]["rotate"] == 15.0 and cfg["data"]["augment"]["vertical_flip"] is False
-    # The trained run on every patient of another folder (here: the 2 training and
-    # validation patients), into a new folder.
+    # The trained run on every patient of another folder (here: the test patient alone, so
+    # that nothing new is compiled), into a new folder: the final weights reproduce the
+    # run's own test figures.
     other = tmp_path / "other"
     other.mkdir()
-    for p in split["train"] + split["val"]:
-        (other / p).symlink_to((LGG_DIR / p).resolve(), target_is_directory=True)
+    (other / split["test"][0]).symlink_to((LGG_DIR / split["test"][0]).resolve(), target_is_directory=True)
     out = tmp_path / "eval"
-    assert brain_mri.main(["--evaluate", str(run), "--data-dir", str(other), "--workdir", str(out),
+    assert brain_mri.main(["--evaluate", str(run), "--data-dir", str(other), "--workdir", str(out), "--which", "final",
                            "--no-progress"]) == 0
     ev = json.loads((out / "results.json").read_text())
-    assert ev["volumes"]["num_volumes"] == 2 and len(list((out / "gifs").iterdir())) == 2
-    assert sorted(r["case"] for r in ev["volumes_per_patient"]) == sorted(split["train"] + split["val"])
+    assert ev["volumes"]["num_volumes"] == 1 and (out / "gifs" / f"{split['test'][0]}.gif").is_file()
+    assert [r["case"] for r in ev["volumes_per_patient"]] == split["test"]
+    for key in ("dice", "dice_per_case_mean", "sensitivity", "num_images"):
+        assert ev["test"][key] == pytest.approx(results["test"][key], abs=1e-6)
     assert brain_mri.main(["--evaluate", str(tmp_path / "nowhere"), "--data-dir", str(root)]) == 2

@@ -118,3 +118,16 @@ def test_entry_point_builds_the_run_and_the_test_report_scores_volumes(tmp_path)
     assert out["dice_class1_per_volume_mean"] == out["dice_class2_per_volume_mean"] == 1.0
     assert out["dice_per_slice_mean"] == 1.0 and (tmp_path / "run" / "per_volume.csv").is_file()
     assert len(list((tmp_path / "run" / "gifs").iterdir())) == 1
+
+
+def test_chunked_reading_gives_every_slice_in_any_order(tmp_path):
+    vols = write_volumes(tmp_path, n=2, shape=(4, 3, 40))
+    ds = NiftiDataset(tmp_path, window=(-100, 400), context=2, test_fraction=0.5, progress=False)
+    src = ds.train()
+    image, label = vols[src[0].case]
+    for k in list(range(40))[::-1] + [15, 16, 31, 32, 0, 39]:  # backwards, and across chunk borders
+        ex = src[k]
+        assert ex.id.endswith(f"_{k:04d}")
+        np.testing.assert_array_equal(ex.label, label[..., k])
+        for c, j in enumerate(range(k - 2, k + 3)):
+            np.testing.assert_array_equal(ex.image[..., c], image[..., min(max(j, 0), 39)])
