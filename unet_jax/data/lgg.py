@@ -39,6 +39,11 @@ by default, a seeded split computed like the file.
 
 Training slices are drawn per patient, weighted towards slices with abnormality
 (:meth:`LggDataset.sampling_weights`, as in the reference).
+
+A trained run is evaluated on other patients with ``python -m experiments.brain_mri
+--evaluate RUN --data-dir OTHER`` (this dataset's volume preprocessing). Not with
+``unet_jax.predict`` / ``load_predictor``: those preprocess each image on its own (the run's
+``image_size``, per-image standardisation, no crop), not each volume.
 """
 
 from __future__ import annotations

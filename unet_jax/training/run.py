@@ -260,8 +260,8 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
         state, stats = fit(state, batches, cfg=cfg.train, loss_fn=losses.get_loss(cfg.train.loss), recorder=recorder,
                            validate=make_validator(cfg, dataset, val_src) if val_src is not None else None,
                            progress=progress, mesh=mesh, checkpointer=ckpt)
-        ev, best_block, test_eval_s, extra = _test(parallel.local_copy(state), ckpt, cfg, dataset, test_src, workdir,
-                                            recorder, progress)
+        ev, best_block, test_eval_s, extra = _test(parallel.local_copy(state), ckpt, cfg, dataset, test_src,
+                                                   workdir, recorder, progress)
     finally:
         if recorder:
             recorder.close()
