@@ -78,17 +78,27 @@ class AugmentConfig:
     brightness: additive shift drawn from U(-brightness, brightness); 0 disables.
     contrast: the patch is scaled about its mean by U(1 - contrast, 1 + contrast).
     Intensity jitter is clipped to [0, 1] for "unit"-normalised images only.
+    vertical_flip: with ``flips``, flip vertically too (False: horizontal flips only,
+      for images with an up and a down, such as axial brain slices).
+    scale, rotate: a random zoom by U(1 - scale, 1 + scale) and rotation by
+      U(-rotate, rotate) degrees about the patch centre (bilinear image, nearest label;
+      pixels brought in from outside the patch are 0 and do not count); 0 disables.
     """
 
     flips: bool = True
     rot90: bool = True
     brightness: float = 0.1
     contrast: float = 0.1
+    vertical_flip: bool = True
+    scale: float = 0.0
+    rotate: float = 0.0
 
     def __post_init__(self):
         _check("data.augment", [
             ("brightness", self.brightness >= 0, "must be >= 0"),
             ("contrast", 0 <= self.contrast < 1, "must be in [0, 1)"),
+            ("scale", 0 <= self.scale < 1, "must be in [0, 1)"),
+            ("rotate", 0 <= self.rotate <= 180, "must be in [0, 180] degrees"),
         ], self)
 
     @classmethod

@@ -142,6 +142,7 @@ def evaluate(
     on_image: Callable[[Example, np.ndarray, np.ndarray], None] | None = None,
     progress: bool = False,
     desc: str = "evaluate",
+    restore: Callable[[Example, np.ndarray], np.ndarray] | None = None,
 ) -> EvalResult:
     """Predicts every example of `source` and scores it (see :class:`Evaluator`).
 
@@ -152,12 +153,17 @@ def evaluate(
       on_image: called as ``on_image(example, probs, pred)`` for each image, with the
         probabilities and class ids at the label's resolution (to save pictures).
       progress: a progress bar over the images.
+      restore: maps the model's probabilities onto the stored label's grid as
+        ``restore(example, probs)`` (a dataset that crops before resizing undoes the crop
+        there); default: resized to the label's size.
     """
     ev = Evaluator(num_classes, threshold=threshold, ignore_empty=ignore_empty, with_auc=with_auc)
     for i in tqdm(range(len(source)), desc=desc, unit="image", disable=not progress, leave=False):
         example = source[i]
         image = preprocess(example).image
         probs = np.asarray(predict(image[None]))[0]
+        if restore is not None:
+            probs = restore(example, probs)
         probs = resize_probs(probs, np.asarray(example.label).shape)
         pred = ev.add(example, probs)
         if on_image is not None:

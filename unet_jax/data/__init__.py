@@ -43,6 +43,8 @@ from unet_jax.data.drive import (
     resolve_drive_dir,
 )
 from unet_jax.data.folder import FolderDataset
+from unet_jax.data.lgg import LggDataset
+from unet_jax.data.nifti import NiftiDataset
 from unet_jax.data.pipeline import PatchSampler, make_train_dataset, make_train_iterator
 from unet_jax.data.preprocess import preprocess_example, preprocess_image
 from unet_jax.data.synthetic import SyntheticDrive, make_synthetic_drive, make_synthetic_example
@@ -65,7 +67,9 @@ __all__ = [
     "Example",
     "FolderDataset",
     "InMemorySource",
+    "LggDataset",
     "MappedSource",
+    "NiftiDataset",
     "PatchSampler",
     "PreprocessConfig",
     "Source",

@@ -36,6 +36,7 @@ __all__ = [
     "available",
     "get",
     "register",
+    "source_cases",
 ]
 
 
@@ -93,11 +94,23 @@ class InMemorySource:
         return self.examples[index]
 
 
+def source_cases(source: Source) -> list[str] | None:
+    """Each example's case id without reading the examples, when `source` knows them (a
+    ``cases`` attribute, passed through :class:`Subset` and :class:`MappedSource`); None
+    otherwise (then every example is taken as its own case)."""
+    cases = getattr(source, "cases", None)
+    return None if cases is None else list(cases)
+
+
 class MappedSource:
     """`fn` applied to each example of `source` on access (e.g. preprocessing)."""
 
     def __init__(self, source: Source, fn: Callable[[Example], Example]):
         self.source, self.fn = source, fn
+
+    @property
+    def cases(self) -> list[str] | None:
+        return source_cases(self.source)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -111,6 +124,11 @@ class Subset:
 
     def __init__(self, source: Source, indices: Sequence[int]):
         self.source, self.indices = source, [int(i) for i in indices]
+
+    @property
+    def cases(self) -> list[str] | None:
+        cases = source_cases(self.source)
+        return None if cases is None else [cases[i] for i in self.indices]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -169,6 +187,31 @@ class Dataset(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Facts about the data for results.json (where it was read from, counts, ...)."""
         return {"name": self.name, "num_classes": self.num_classes}
+
+    # Optional hooks of the training engine; the defaults keep its plain behaviour.
+
+    def validation(self) -> Source | None:
+        """A fixed validation split (e.g. patients listed in a split file); None: the engine
+        carves one from :meth:`train` (whole cases when the source knows its cases)."""
+        return None
+
+    def sampling_weights(self, source: Source) -> np.ndarray | None:
+        """Per-example probabilities of drawing each example of `source` (the training
+        examples left after validation) for a patch; None: uniform."""
+        return None
+
+    def restore_probs(self, example: Example, probs: np.ndarray) -> np.ndarray:
+        """The model's probabilities for preprocessed `example` mapped back onto the stored
+        label's grid (default: resized), where every figure is computed."""
+        from unet_jax.data.preprocess import resize_probs
+
+        return resize_probs(probs, np.asarray(example.label).shape)
+
+    def test_reporter(self, workdir: Any, *, ignore_empty: bool = True) -> Any:
+        """An object with ``add(example, probs, pred)`` (each test image, in order, at the
+        label's resolution) and ``finish() -> dict`` (extra figures and pictures written
+        under `workdir`; the dict goes into results.json under "volumes"), or None."""
+        return None
 
 
 _REGISTRY: dict[str, Callable[..., Dataset]] = {}

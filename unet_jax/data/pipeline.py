@@ -13,7 +13,7 @@ runs on whole images (the network is fully convolutional).
 
 Sampling of one patch
 ---------------------
-1. choose an image uniformly and read it from the source (held in memory for
+1. choose an image uniformly (or with given per-image ``weights``) and read it from the source (held in memory for
    small datasets, decoded from disk per patch for large ones);
 2. choose the patch *centre*: with probability ``foreground_bias`` a
    foreground pixel (vessel, lesion: any nonzero class) inside the valid
@@ -25,8 +25,9 @@ Sampling of one patch
    ``(P // 2, P // 2)``); where that window would leave the image it is
    shifted (clamped) to lie fully inside. An image smaller than the patch is
    zero-padded at the bottom and right, with ``mask == 0`` on the padding;
-4. augment: flips / 90-degree rotations on image, label and mask together;
-   brightness / contrast jitter on the image only.
+4. augment: optional zoom / rotation (``scale``, ``rotate``), flips / 90-degree
+   rotations on image, label and mask together; brightness / contrast jitter on the
+   image only.
 
 Each element's randomness comes from grain's ``random_map``, which derives a
 generator from ``(seed, element index)``: the stream is deterministic for a
@@ -38,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import cv2
 import grain
 import numpy as np
 from absl import flags
@@ -111,11 +113,19 @@ class PatchSampler:
         foreground_bias: float = 0.0,
         augment: AugmentConfig = AugmentConfig(),
         clip: bool = True,
+        weights: Any = None,
     ):
         if len(source) == 0:
             raise ValueError("the training source is empty: no example to sample patches from")
         if not 0.0 <= foreground_bias <= 1.0:
             raise ValueError(f"foreground_bias must be in [0, 1], got {foreground_bias}")
+        self._cdf = None
+        if weights is not None:
+            w = np.asarray(weights, np.float64)
+            if w.shape != (len(source),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+                raise ValueError(f"weights must be {len(source)} finite non-negative numbers with a positive sum, "
+                                 f"got shape {w.shape}")
+            self._cdf = np.cumsum(w / w.sum())
         self.source = source
         self.patch_size = int(patch_size)
         self.foreground_bias = float(foreground_bias)
@@ -134,7 +144,10 @@ class PatchSampler:
 
     def __call__(self, _: Any, rng: np.random.Generator) -> Batch:
         p = self.patch_size
-        k = int(rng.integers(len(self.source)))
+        if self._cdf is None:
+            k = int(rng.integers(len(self.source)))
+        else:  # inverse CDF: example k with probability weights[k] / sum(weights)
+            k = min(int(np.searchsorted(self._cdf, rng.random(), side="right")), len(self.source) - 1)
         ex = self._prepared(k)
         h, w = ex.image.shape[:2]
         use_fg = self.foreground_bias > 0.0 and rng.random() < self.foreground_bias
@@ -151,8 +164,10 @@ class PatchSampler:
         mask = np.ones((p, p), np.uint8) if ex.valid is None else ex.valid[top : top + p, left : left + p]
 
         aug = self.augment
+        if aug.scale > 0.0 or aug.rotate > 0.0:
+            image, label, mask = _zoom_rotate(image, label, mask, rng, aug.scale, aug.rotate)
         if aug.flips:
-            if rng.random() < 0.5:
+            if aug.vertical_flip and rng.random() < 0.5:
                 image, label, mask = image[::-1], label[::-1], mask[::-1]
             if rng.random() < 0.5:
                 image, label, mask = image[:, ::-1], label[:, ::-1], mask[:, ::-1]
@@ -187,6 +202,26 @@ class PatchSampler:
         return max(1, area // (self.patch_size * self.patch_size))
 
 
+def _zoom_rotate(image: np.ndarray, label: np.ndarray, mask: np.ndarray, rng: np.random.Generator, scale: float,
+                 rotate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random zoom in [1 - scale, 1 + scale] and rotation in [-rotate, rotate] degrees
+    about the patch centre; what comes from outside the patch is 0 (mask 0: not counted)."""
+    factor = rng.uniform(1.0 - scale, 1.0 + scale) if scale > 0.0 else 1.0
+    angle = rng.uniform(-rotate, rotate) if rotate > 0.0 else 0.0
+    h, w = label.shape
+    m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, factor)
+
+    def warp(a: np.ndarray, interpolation: int) -> np.ndarray:
+        a = np.ascontiguousarray(a)
+        if a.ndim == 3 and a.shape[-1] > 4:  # cv2 warps at most 4 channels at once
+            return np.stack([warp(a[..., c], interpolation) for c in range(a.shape[-1])], axis=-1)
+        out = cv2.warpAffine(a, m, (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return out.reshape(a.shape)
+
+    return (warp(image.astype(np.float32), cv2.INTER_LINEAR), warp(label, cv2.INTER_NEAREST),
+            warp(mask, cv2.INTER_NEAREST))
+
+
 def make_train_dataset(
     source: Source,
     *,
@@ -199,6 +234,7 @@ def make_train_dataset(
     num_epochs: int | None = None,
     patches_per_epoch: int | None = None,
     shard: tuple[int, int] = (0, 1),
+    weights: Any = None,
 ) -> grain.MapDataset:
     """The random-patch training set as a ``grain.MapDataset``.
 
@@ -223,6 +259,9 @@ def make_train_dataset(
         tile the images' total area once (~1600 for DRIVE at 64).
       shard: ``(index, count)``: this reader's elements ``index::count`` (one shard per
         process of a multi-process run), taken before batching.
+      weights: optional per-example sampling weights (``len(source)`` non-negative numbers,
+        normalised here): example k is drawn with probability ``weights[k] / sum``. None
+        (default) draws uniformly, exactly as without the option.
 
     Returns:
       A MapDataset of dicts ``image`` float32 (P, P, C), ``label`` float32 (P, P, 1)
@@ -230,7 +269,7 @@ def make_train_dataset(
       with a leading batch axis when ``batch_size`` is set.
     """
     sampler = PatchSampler(
-        source, patch_size=patch_size, foreground_bias=foreground_bias, augment=augment, clip=clip
+        source, patch_size=patch_size, foreground_bias=foreground_bias, augment=augment, clip=clip, weights=weights
     )
     n = patches_per_epoch if patches_per_epoch is not None else sampler.default_epoch_size()
     ds = grain.MapDataset.range(n).repeat(num_epochs).random_map(sampler, seed=seed)

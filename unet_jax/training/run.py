@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from unet_jax import losses, models
 from unet_jax.config import RunConfig
-from unet_jax.data.base import Dataset, InMemorySource, MappedSource, Source, Subset
+from unet_jax.data.base import Dataset, InMemorySource, MappedSource, Source, Subset, source_cases
 from unet_jax.data.pipeline import make_train_iterator
 from unet_jax.evaluation import EvalResult, evaluate
 from unet_jax.training import parallel
@@ -65,10 +65,24 @@ def check_resumable(workdir: Path, cfg: RunConfig) -> None:
 
 
 def split_train_val(cfg: RunConfig, train: Source) -> tuple[Source, Source | None]:
-    """(fit, validation) sources: `cfg.data.val_size` training examples held out, seeded."""
-    n_val = cfg.data.num_val(len(train))
-    order = np.random.default_rng(cfg.train.seed).permutation(len(train))
-    val_idx = set(order[:n_val].tolist())
+    """(fit, validation) sources: `cfg.data.val_size` training examples held out, seeded.
+
+    When the source knows its examples' cases (slices of a patient, see
+    :func:`unet_jax.data.base.source_cases`) and some case holds several examples, whole
+    cases are held out and `val_size` counts cases; otherwise (DRIVE, folders: each image
+    its own case) examples are held out exactly as before.
+    """
+    cases = source_cases(train)
+    if cases is not None and len(set(cases)) < len(cases):
+        unique = list(dict.fromkeys(cases))
+        n_val = cfg.data.num_val(len(unique))
+        order = np.random.default_rng(cfg.train.seed).permutation(len(unique))
+        val_cases = {unique[i] for i in order[:n_val].tolist()}
+        val_idx = {i for i, c in enumerate(cases) if c in val_cases}
+    else:
+        n_val = cfg.data.num_val(len(train))
+        order = np.random.default_rng(cfg.train.seed).permutation(len(train))
+        val_idx = set(order[:n_val].tolist())
     fit_src = Subset(train, [i for i in range(len(train)) if i not in val_idx])
     val_src = Subset(train, [i for i in range(len(train)) if i in val_idx]) if n_val else None
     return fit_src, val_src
@@ -115,7 +129,8 @@ def build_state(cfg: RunConfig, dataset: Dataset, mesh: jax.sharding.Mesh) -> tu
 
 def _evaluate(state: TrainState, source: Source, dataset: Dataset, cfg: RunConfig, **kw: Any) -> EvalResult:
     return evaluate(make_predict_fn(state), source, dataset.preprocess, num_classes=dataset.num_classes,
-                    threshold=cfg.train.threshold, ignore_empty=cfg.train.ignore_empty, **kw)
+                    threshold=cfg.train.threshold, ignore_empty=cfg.train.ignore_empty,
+                    restore=dataset.restore_probs, **kw)
 
 
 def make_validator(cfg: RunConfig, dataset: Dataset, val_src: Source):
@@ -152,15 +167,19 @@ def _restore(ckpt: Checkpointer, state: TrainState, batches, workdir: Path, n_de
 
 
 def _test(final: TrainState, ckpt: Checkpointer, cfg: RunConfig, dataset: Dataset, test_src: Source,
-          workdir: Path, recorder: Recorder | None, progress: bool) -> tuple[EvalResult, dict | None, float]:
-    """Test figures of the final parameters (writing predictions/), and of the best checkpoint."""
+          workdir: Path, recorder: Recorder | None, progress: bool) -> tuple[EvalResult, dict | None, float, dict]:
+    """Test figures of the final parameters (writing predictions/, and the dataset's
+    test report if it has one), and of the best checkpoint."""
     t_test = time.perf_counter()
     is_main = jax.process_index() == 0
     shown: list[str] = []
+    reporter = dataset.test_reporter(workdir, ignore_empty=cfg.train.ignore_empty) if is_main else None
 
     def save(ex, probs, pred):
         if not is_main:
             return
+        if reporter is not None:
+            reporter.add(ex, probs, pred)
         save_prediction(workdir / "predictions", ex.id, probs, pred, ex.label, ex.valid)
         if recorder and len(shown) < 3:
             shown.append(ex.id)
@@ -168,6 +187,7 @@ def _test(final: TrainState, ckpt: Checkpointer, cfg: RunConfig, dataset: Datase
             recorder.image(f"test/overlay_{ex.id}", picture, cfg.train.steps)
 
     ev = _evaluate(final, test_src, dataset, cfg, on_image=save, progress=progress, desc="test")
+    extra = {"volumes": reporter.finish()} if reporter is not None else {}
     test_eval_s = time.perf_counter() - t_test
     if recorder:
         recorder.write({"split": "test", "step": cfg.train.steps, **ev.summary})
@@ -180,7 +200,7 @@ def _test(final: TrainState, ckpt: Checkpointer, cfg: RunConfig, dataset: Datase
             best_summary = _evaluate(best, test_src, dataset, cfg, progress=progress, desc="test (best)").summary
         best_block = {"step": ckpt.best_step, "val_dice": ckpt.best_dice, **best_summary,
                       "note": "for information: the headline 'test' block uses the final parameters"}
-    return ev, best_block, test_eval_s
+    return ev, best_block, test_eval_s, extra
 
 
 def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *, resume: bool = False,
@@ -199,7 +219,8 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
     if resume:
         check_resumable(workdir, cfg)
     train_all, test_src = dataset.train(), dataset.test()  # before touching workdir: bad data writes nothing
-    fit_src, val_src = split_train_val(cfg, train_all)
+    fixed_val = dataset.validation()
+    fit_src, val_src = (train_all, fixed_val or None) if fixed_val is not None else split_train_val(cfg, train_all)
     if len(test_src) == 0:
         raise ValueError(f"the {dataset.name} test split is empty: nothing to report figures on")
     if is_main:
@@ -218,6 +239,7 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
     batches = iter(make_train_iterator(
         training_source(cfg, dataset, fit_src, progress), patch_size=d.patch_size, batch_size=local_batch,
         seed=cfg.train.seed, foreground_bias=d.foreground_bias, augment=d.augment,
+        weights=dataset.sampling_weights(fit_src),
         clip=d.preprocess.normalize == "unit", shard=(jax.process_index(), jax.process_count()),
         worker_count=d.workers))
     state, n_params = build_state(cfg, dataset, mesh)
@@ -238,8 +260,8 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
         state, stats = fit(state, batches, cfg=cfg.train, loss_fn=losses.get_loss(cfg.train.loss), recorder=recorder,
                            validate=make_validator(cfg, dataset, val_src) if val_src is not None else None,
                            progress=progress, mesh=mesh, checkpointer=ckpt)
-        ev, best_block, test_eval_s = _test(parallel.local_copy(state), ckpt, cfg, dataset, test_src, workdir,
-                                            recorder, progress)
+        ev, best_block, test_eval_s, extra = _test(parallel.local_copy(state), ckpt, cfg, dataset, test_src,
+                                                   workdir, recorder, progress)
     finally:
         if recorder:
             recorder.close()
@@ -248,7 +270,8 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
         return {}
     facts = {"params": n_params, "test_eval_s": test_eval_s, "total_wall_s": time.perf_counter() - t_start,
              "devices": n_dev, "resumed_from_step": start_step if resume else None,
-             "checkpoints": {"final": ckpt.path("latest", cfg.train.steps), "best": ckpt.path("best", ckpt.best_step)}}
+             "checkpoints": {"final": ckpt.path("latest", cfg.train.steps), "best": ckpt.path("best", ckpt.best_step)},
+             **extra}
     return write_results(workdir, cfg, dataset, ev, best_block, stats, facts)
 
 

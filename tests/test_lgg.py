@@ -1,0 +1,393 @@
+"""The LGG brain MRI dataset, patient-level splits, weighted slice sampling, per-volume
+figures (Dice, LCC, pictures) and a few-step run on 3 real patients.
+
+Real data: 2-3 patients of ``../shared/data/lgg_mri/kaggle_3m`` (symlinked into a temporary
+folder, never copied); those tests skip without it. Bad-input tests write small generated
+patients."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from unet_jax import data, metrics
+from unet_jax.config import AugmentConfig, DataConfig, PreprocessConfig, RunConfig
+from unet_jax.data import DataError, Example, InMemorySource
+from unet_jax.data.lgg import LggDataset, fold_patients, list_patients, make_patient_split
+from unet_jax.data.pipeline import PatchSampler
+from unet_jax.training.run import split_train_val
+from unet_jax.volumes import VolumeReporter, keep_largest, largest_component, slice_dice, volume_dice
+
+REPO = Path(__file__).resolve().parent.parent
+LGG_DIR = REPO / ".." / "shared" / "data" / "lgg_mri" / "kaggle_3m"
+SPLIT_50 = REPO / "experiments" / "splits" / "lgg_50.json"
+REAL = ["TCGA_CS_4941_19960909", "TCGA_CS_4942_19970222", "TCGA_CS_5393_19990606"]
+needs_lgg = pytest.mark.skipif(not all((LGG_DIR / p).is_dir() for p in REAL), reason=f"no LGG data at {LGG_DIR}")
+PRE = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore", image_size=64)
+
+
+def real_subset(tmp_path: Path, patients=REAL) -> Path:
+    root = tmp_path / "lgg"
+    root.mkdir()
+    for p in patients:
+        (root / p).symlink_to((LGG_DIR / p).resolve(), target_is_directory=True)
+    return root
+
+
+def write_patient(root: Path, name: str, n: int, *, seed: int = 0, size: int = 32) -> dict[int, np.ndarray]:
+    """A generated patient folder in the Kaggle layout; returns slice number -> label."""
+    rng = np.random.default_rng(seed)
+    folder = root / name
+    folder.mkdir(parents=True)
+    labels = {}
+    for k in range(1, n + 1):
+        image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        label = np.zeros((size, size), np.uint8)
+        if k % 2:
+            label[8:8 + k, 10:20] = 1
+        assert cv2.imwrite(str(folder / f"{name}_{k}.tif"), image)
+        assert cv2.imwrite(str(folder / f"{name}_{k}_mask.tif"), label * 255)
+        labels[k] = label
+    return labels
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@needs_lgg
+def test_real_slices_in_numeric_order_with_their_masks_and_cases(tmp_path):
+    root = real_subset(tmp_path, REAL[:2])
+    ds = LggDataset(root, split="all", preprocess=PRE, progress=False)
+    test = ds.test()
+    assert len(ds.train()) == 0
+    expected = []
+    for p in REAL[:2]:
+        files = [f.name for f in (LGG_DIR / p).iterdir() if f.suffix == ".tif" and not f.stem.endswith("_mask")]
+        numbers = sorted(int(f[len(p) + 1:-4]) for f in files)
+        assert numbers == list(range(1, len(files) + 1))
+        expected += [(p, k) for k in numbers]
+    assert len(test) == len(expected)
+    assert [(test[i].case, test[i].id) for i in range(len(test))] == [(p, f"{p}_{k}") for p, k in expected]
+    assert [test[i].id for i in range(3)][:3] != sorted(test[i].id for i in range(len(test)))[:3]  # not lexical
+    for i in (0, 9, 10, len(test) - 1):
+        ex = test[i]
+        p, k = expected[i]
+        mask = np.asarray(Image.open(LGG_DIR / p / f"{p}_{k}_mask.tif"))
+        stored = np.asarray(Image.open(LGG_DIR / p / f"{p}_{k}.tif"))
+        assert ex.image.shape == (256, 256, 3) and ex.image.dtype == np.uint8
+        np.testing.assert_array_equal(ex.image, stored)  # channel order as stored
+        assert set(np.unique(ex.label).tolist()) <= {0, 1}
+        np.testing.assert_array_equal(ex.label, (mask > 0).astype(np.uint8))
+
+
+@needs_lgg
+def test_volume_preprocessing_standardises_each_volume_and_maps_back(tmp_path):
+    root = real_subset(tmp_path, REAL[:1])
+    ds = LggDataset(root, split="all", preprocess=PreprocessConfig(channels="rgb", clahe=False, normalize="zscore",
+                                                                   image_size=None), progress=False)
+    src = ds.test()
+    xs = np.stack([ds.preprocess(src[i]).image for i in range(len(src))]).astype(np.float64)
+    np.testing.assert_allclose(xs.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(xs.std(axis=(0, 1, 2)), 1.0, atol=1e-4)
+    vol = ds.volume(REAL[0])
+    y0, y1, x0, x1 = vol.box
+    assert xs.shape[1] == xs.shape[2] == max(y1 - y0, x1 - x0)  # cropped to the brain, padded to a square
+    raw = np.stack([src[i].image for i in range(len(src))])
+    inside = np.zeros(raw.shape[1:3], bool)
+    inside[y0:y1, x0:x1] = True
+    assert raw[:, ~inside].max(initial=0) < 0.1 * raw.max() <= raw[:, inside].max()  # the box: what is >= 10%
+    for axis, (a, b) in ((1, (y0, y1)), (2, (x0, x1))):  # tight: its edge rows / columns hold such voxels
+        edge = np.take(raw, [a, b - 1], axis=axis)
+        assert (edge >= 0.1 * raw.max()).any(axis=tuple(i for i in range(4) if i != axis)).all()
+    for i in range(len(src)):  # no resize: mapping the preprocessed label back gives the stored one
+        ex = src[i]
+        back = ds.restore_probs(ex, ds.preprocess(ex).label.astype(np.float32))
+        np.testing.assert_array_equal(back > 0.5, ex.label > 0)
+
+
+def test_generated_patients_and_bad_input(tmp_path):
+    labels = write_patient(tmp_path / "ok", "P_1", 11)
+    write_patient(tmp_path / "ok", "P_2", 3, seed=1)
+    ds = LggDataset(tmp_path / "ok", split="all", preprocess=PRE, progress=False)
+    assert [ds.test()[i].id for i in range(11)] == [f"P_1_{k}" for k in range(1, 12)]
+    np.testing.assert_array_equal(ds.test()[9].label, labels[10])
+    # Each broken folder: a DataError naming the file or folder.
+    cases = {
+        "no_mask": (lambda f: (f / "P_1" / "P_1_3_mask.tif").unlink(), "P_1_3.tif"),
+        "no_slice": (lambda f: (f / "P_1" / "P_1_4.tif").unlink(), "P_1_4_mask.tif"),
+        "gap": (lambda f: [(f / "P_1" / n).unlink() for n in ("P_1_5.tif", "P_1_5_mask.tif")], "5 missing"),
+        "unreadable": (lambda f: (f / "P_1" / "P_1_2.tif").write_bytes(b"II*\x00garbage"), "P_1_2.tif"),
+        "empty_patient": (lambda f: (f / "P_3").mkdir(), "P_3"),
+    }
+    for name, (break_it, message) in cases.items():
+        root = tmp_path / name
+        write_patient(root, "P_1", 6)
+        break_it(root)
+        with pytest.raises(DataError, match=message.replace(".", r"\.")):
+            LggDataset(root, split="all", preprocess=PRE, progress=False)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(DataError, match="no patient folders"):
+        LggDataset(tmp_path / "none", preprocess=PRE, progress=False)
+    with pytest.raises(DataError, match="does not exist"):
+        LggDataset(tmp_path / "missing", preprocess=PRE, progress=False)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def test_patient_split_is_disjoint_deterministic_and_complete():
+    patients = [f"TCGA_X_{i:04d}" for i in range(50)]
+    s = make_patient_split(patients, seed=0)
+    parts = [set(s[k]) for k in ("train", "val", "test")]
+    assert sum(map(len, parts)) == 50 and set().union(*parts) == set(patients)
+    assert (len(parts[1]), len(parts[2])) == (5, 10)
+    assert make_patient_split(list(reversed(patients)), seed=0) == s  # order of listing does not matter
+    assert make_patient_split(patients, seed=1)["test"] != s["test"]
+    folds = fold_patients(patients, 5, seed=3)
+    assert sorted(p for f in folds for p in f) == sorted(patients) and all(len(f) == 10 for f in folds)
+    assert fold_patients(patients, 5, seed=3) == folds
+
+
+def test_folds_give_disjoint_train_and_test_patients(tmp_path):
+    for i in range(4):
+        write_patient(tmp_path, f"P_{i}", 2, seed=i, size=16)
+    tests = []
+    for fold in range(2):
+        ds = LggDataset(tmp_path, folds=2, fold=fold, preprocess=PRE, progress=False)
+        train, test = set(ds.train().cases), set(ds.test().cases)
+        assert not train & test and len(train | test) == 4 and ds.validation() is None
+        tests.append(test)
+    assert tests[0] | tests[1] == {f"P_{i}" for i in range(4)} and not tests[0] & tests[1]
+    with pytest.raises(DataError, match="--fold"):
+        LggDataset(tmp_path, folds=2, fold=2, preprocess=PRE, progress=False)
+
+
+def test_entry_point_folds_leave_validation_patients_to_the_engine(tmp_path):
+    from experiments import brain_mri
+
+    for i in range(6):
+        write_patient(tmp_path, f"P_{i}", 3, seed=i, size=16)
+    args = brain_mri.build_parser().parse_args(["--data-dir", str(tmp_path), "--folds", "3", "--fold", "1",
+                                                "--val-size", "1", "--image-size", "16", "--no-progress"])
+    cfg, ds = brain_mri.build(args)
+    assert cfg.data.options["folds"] == 3 and ds.validation() is None and len(set(ds.test().cases)) == 2
+    fit, val = split_train_val(cfg, ds.train())
+    assert len(set(val.cases)) == 1 and not set(val.cases) & set(fit.cases)
+    assert not (set(val.cases) | set(fit.cases)) & set(ds.test().cases)
+    assert len(val) == 3 and len(fit) == 9
+    assert cfg.data.augment == AugmentConfig(flips=True, vertical_flip=False, rot90=False, brightness=0.0,
+                                             contrast=0.0, scale=0.05, rotate=15.0)
+
+
+@needs_lgg
+def test_committed_split_is_the_seeded_split_of_the_shared_patients():
+    spec = json.loads(SPLIT_50.read_text())
+    patients = list_patients(LGG_DIR)
+    s = make_patient_split(patients, seed=spec["seed"], val_fraction=spec["val_fraction"],
+                           test_fraction=spec["test_fraction"])
+    assert {k: spec[k] for k in ("train", "val", "test")} == {k: s[k] for k in ("train", "val", "test")}
+    named = spec["train"] + spec["val"] + spec["test"]
+    assert len(named) == len(set(named)) == 50
+
+
+def _old_split(n: int, n_val: int, seed: int) -> set[int]:  # the engine's carving before cases
+    return set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+
+
+class _CaseSource(InMemorySource):
+    def __init__(self, cases):
+        super().__init__([Example(f"e{i}", np.zeros((4, 4, 1), np.uint8), np.zeros((4, 4), np.uint8), case=c)
+                          for i, c in enumerate(cases)])
+        self.cases = list(cases)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_validation_carving_holds_out_whole_cases_and_keeps_drive_behaviour(seed):
+    cfg = RunConfig(data=DataConfig(val_size=2), train=RunConfig().train.__class__(seed=seed))
+    # DRIVE / folder: no cases known, or each image its own case: exactly the old choice.
+    for src in (InMemorySource(_CaseSource(range(20)).examples), _CaseSource([f"c{i}" for i in range(20)])):
+        fit, val = split_train_val(cfg, src)
+        assert {int(val[i].id[1:]) for i in range(len(val))} == _old_split(20, 2, seed)
+        assert len(fit) == 18
+    cases = [f"p{i // 5}" for i in range(30)]  # 6 patients of 5 slices
+    fit, val = split_train_val(cfg, _CaseSource(cases))
+    val_cases, fit_cases = set(val.cases), set(fit.cases)
+    assert len(val_cases) == 2 and not val_cases & fit_cases and len(val) == 10 and len(fit) == 20
+    assert val_cases == {f"p{i}" for i in _old_split(6, 2, seed)}
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_weighted_sampling_frequencies_match_the_weights():
+    n, draws = 5, 20000
+    examples = [Example(f"e{k}", np.full((8, 8, 1), k, np.float32), np.zeros((8, 8), np.uint8)) for k in range(n)]
+    weights = np.array([0.5, 0.0, 3.0, 1.0, 0.5])
+    sampler = PatchSampler(InMemorySource(examples), patch_size=8, augment=AugmentConfig.none(), weights=weights)
+    counts = np.bincount([int(sampler(None, np.random.default_rng([11, i]))["image"][0, 0, 0]) for i in range(draws)],
+                         minlength=n)
+    p = weights / weights.sum()
+    # Each count is Binomial(draws, p_k): within 5 standard deviations except with probability
+    # < 6e-7 per example (normal tail; draws * p_k >= 2500 where p_k > 0), so this fails only
+    # when the frequencies do not follow the weights (uniform draws would miss by > 30 sd).
+    sd = np.sqrt(draws * p * (1 - p))
+    assert np.all(np.abs(counts - draws * p) <= 5 * sd), (counts, draws * p)
+    assert counts[1] == 0
+    with pytest.raises(ValueError, match="weights"):
+        PatchSampler(InMemorySource(examples), patch_size=8, weights=[1, 2])
+
+
+def test_lgg_sampling_weights_follow_area_plus_uniform_share(tmp_path):
+    labels = write_patient(tmp_path, "P_1", 5)
+    write_patient(tmp_path, "P_2", 4, seed=1)
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["P_1", "P_2"], "val": [], "test": ["P_2"]}))
+    with pytest.raises(DataError, match="more than one split"):
+        LggDataset(tmp_path, split=tmp_path / "split.json", preprocess=PRE, progress=False)
+    for p in ("P_3", "P_4"):
+        write_patient(tmp_path, p, 2, seed=3)
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["P_1", "P_2"], "val": ["P_3"], "test": ["P_4"]}))
+    ds = LggDataset(tmp_path, split=tmp_path / "split.json", uniform_share=0.25, preprocess=PRE, progress=False)
+    w = ds.sampling_weights(ds.train())
+    cases = ds.train().cases
+    area = np.array([labels[k].sum() for k in range(1, 6)], float)
+    expected = (area + 0.25 * area.sum() / 5) / (area.sum() * 1.25) / 2  # each of 2 patients: half the mass
+    np.testing.assert_allclose(w[: cases.count("P_1")], expected)
+    np.testing.assert_allclose(w.sum(), 1.0)
+    assert LggDataset(tmp_path, split=tmp_path / "split.json", uniform_share=None, preprocess=PRE,
+                      progress=False).sampling_weights(ds.train()) is None
+
+
+# ----------------------------------------------------------------------------- volume metrics
+
+
+def _set_dice(pred, label, k):  # an independent reference: Dice of the sets of voxel coordinates
+    p, y = set(zip(*np.nonzero(pred == k))), set(zip(*np.nonzero(label == k)))
+    return 1.0 if not p and not y else 2 * len(p & y) / (len(p) + len(y))
+
+
+def _random_volume(rng, depth, num_classes, shape=(6, 7)):
+    label = rng.integers(0, num_classes, (depth, *shape)) * (rng.random((depth, *shape)) < 0.4)
+    pred = np.where(rng.random(label.shape) < 0.3, rng.integers(0, num_classes, label.shape), label)
+    return pred.astype(np.uint8), label.astype(np.uint8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 2**31 - 1), st.sampled_from([2, 3, 4]))
+def test_volume_and_slice_dice_match_a_set_reference(depth, seed, num_classes):
+    pred, label = _random_volume(np.random.default_rng(seed), depth, num_classes)
+    d, s = volume_dice(pred, label, num_classes), slice_dice(pred, label, num_classes)
+    assert s.shape == (depth, num_classes - 1)
+    for k in range(1, num_classes):
+        assert d[k - 1] == pytest.approx(_set_dice(pred, label, k))
+        for z in range(depth):
+            assert s[z, k - 1] == pytest.approx(_set_dice(pred[z], label[z], k))
+
+
+def test_volume_dice_equals_the_engines_pooled_case_counts():
+    pred, label = _random_volume(np.random.default_rng(5), 4, 3, (16, 16))
+    counts = metrics.class_confusion_counts(pred, label, 3, per_case=True)  # per slice
+    per_case = metrics.sum_by_case(counts, np.zeros(4, np.int32), 1)  # one volume
+    np.testing.assert_allclose(volume_dice(pred, label, 3), np.asarray(metrics.dice(per_case))[0, 1:], rtol=1e-6)
+    assert not np.allclose(volume_dice(pred, label, 3), slice_dice(pred, label, 3).mean(axis=0))
+
+
+def test_largest_component_in_3d_and_per_slice_without_scipy():
+    m = np.zeros((4, 8, 8), bool)
+    m[0:3, 0:3, 0:3] = True  # 27 voxels
+    m[3, 3, 3] = True  # touches the cube only diagonally (26-connectivity joins it)
+    m[0:2, 6:8, 6:8] = True  # 8 voxels, separate
+    m[3, 6, 0] = True  # a lone voxel
+    expected = np.zeros_like(m)
+    expected[0:3, 0:3, 0:3] = True
+    expected[3, 3, 3] = True
+    np.testing.assert_array_equal(largest_component(m, use_scipy=True), expected)
+    per_slice = largest_component(m, use_scipy=False)
+    assert per_slice[3, 3, 3] and not per_slice[3, 6, 0] and per_slice[1, 6, 6] is np.False_
+    np.testing.assert_array_equal(per_slice[0], m[0] & (np.arange(8)[:, None] < 3) & (np.arange(8) < 3))
+    assert not largest_component(np.zeros((2, 3, 3), bool)).any()
+    two = np.zeros((1, 5, 5), np.uint8)
+    two[0, 0, 0], two[0, 3:5, 3:5] = 2, 2
+    two[0, 0, 3] = 1
+    np.testing.assert_array_equal(keep_largest(two, 3)[0] == 2, (two[0] == 2) & (np.arange(5)[:, None] >= 3))
+    assert keep_largest(two, 3)[0, 0, 3] == 1
+
+
+def test_reporter_scores_each_volume_and_writes_pictures(tmp_path):
+    rep = VolumeReporter(tmp_path, num_classes=2)
+    y = np.zeros((3, 16, 16), np.uint8)
+    y[:, 4:10, 4:10] = 1
+    p = y.copy()
+    p[0] = 0  # misses the first slice
+    p[2, 14:16, 14:16] = 1  # a small false positive
+    for k in range(3):
+        img = np.full((16, 16, 3), 50 * k, np.uint8)
+        rep.add(Example(f"A_{k + 1}", img, y[k], case="A"), None, p[k])
+    rep.add(Example("B_1", np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16), np.uint8), case="B"), None,
+            np.zeros((16, 16), np.uint8))
+    out = rep.finish()
+    tp, fp, fn = 72, 4, 36
+    assert out["dice_per_volume_mean"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert out["dice_per_volume_lcc_mean"] == pytest.approx(2 * tp / (2 * tp + fn))  # LCC drops the speck
+    assert out["num_volumes"] == 2 and out["num_volumes_scored"] == 1  # B's label is empty
+    assert out["dice_per_slice_mean"] == pytest.approx((0 + 1 + 72 / 76 + 1) / 4)
+    assert out["dice_per_slice_mean_nonempty_label"] == pytest.approx((0 + 1 + 72 / 76) / 3)
+    with Image.open(tmp_path / "gifs" / "A.gif") as gif:
+        assert gif.n_frames == 3
+    overlay = cv2.imread(str(tmp_path / "overlays" / "A_2.png"))[..., ::-1]
+    assert tuple(overlay[4, 4]) == (255, 255, 0) and tuple(overlay[7, 7]) == (50, 50, 50)  # both outlines
+    assert tuple(cv2.imread(str(tmp_path / "overlays" / "A_1.png"))[4, 4][::-1]) == (0, 255, 0)  # label only
+    assert (tmp_path / "dsc.png").stat().st_size > 0 and (tmp_path / "per_volume.csv").is_file()
+    assert not (tmp_path / "overlays" / "B_1.png").exists()
+    rep2 = VolumeReporter(tmp_path / "r2")
+    rep2.add(Example("A_1", img, y[0], case="A"), None, p[0])
+    rep2.add(Example("B_1", img, y[0], case="B"), None, p[0])
+    with pytest.raises(ValueError, match="not contiguous"):
+        rep2.add(Example("A_2", img, y[0], case="A"), None, p[0])
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+@needs_lgg
+def test_few_step_run_on_three_patients_writes_results_dsc_and_gifs(tmp_path):
+    from experiments import brain_mri
+
+    root = real_subset(tmp_path)
+    run = tmp_path / "run"
+    flags = ["--data-dir", str(root), "--image-size", "32", "--features", "4", "--depth", "2", "--steps", "2",
+             "--batch-size", "2", "--eval-every", "2", "--no-progress", "--workdir", str(run)]
+    assert brain_mri.main(flags) == 0
+    results = json.loads((run / "results.json").read_text())
+    vol = results["volumes"]
+    split = results["data"]["split"]
+    assert len(split["train"]) == len(split["val"]) == len(split["test"]) == 1
+    assert vol["num_volumes"] == 1 and vol["lcc"].startswith("3D")
+    assert vol["dice_per_volume_mean"] == pytest.approx(results["test"]["dice_per_case_mean"], abs=1e-6)
+    assert (run / "dsc.png").is_file() and (run / "gifs" / f"{split['test'][0]}.gif").is_file()
+    n_test = len([f for f in (LGG_DIR / split["test"][0]).iterdir() if not f.stem.endswith("_mask")])
+    assert results["test"]["num_images"] == n_test
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"]["augment"]["rotate"] == 15.0 and cfg["data"]["augment"]["vertical_flip"] is False
+    # The trained run on every patient of another folder (here: the test patient alone, so
+    # that nothing new is compiled), into a new folder: the final weights reproduce the
+    # run's own test figures.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / split["test"][0]).symlink_to((LGG_DIR / split["test"][0]).resolve(), target_is_directory=True)
+    out = tmp_path / "eval"
+    assert brain_mri.main(["--evaluate", str(run), "--data-dir", str(other), "--workdir", str(out), "--which", "final",
+                           "--no-progress"]) == 0
+    ev = json.loads((out / "results.json").read_text())
+    assert ev["volumes"]["num_volumes"] == 1 and (out / "gifs" / f"{split['test'][0]}.gif").is_file()
+    assert [r["case"] for r in ev["volumes_per_patient"]] == split["test"]
+    for key in ("dice", "dice_per_case_mean", "sensitivity", "num_images"):
+        assert ev["test"][key] == pytest.approx(results["test"][key], abs=1e-6)
+    assert brain_mri.main(["--evaluate", str(tmp_path / "nowhere"), "--data-dir", str(root)]) == 2

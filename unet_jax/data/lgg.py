@@ -1,0 +1,473 @@
+"""The Kaggle LGG brain MRI segmentation set (Buda et al. 2019): FLAIR abnormality masks.
+
+Layout (``kaggle_3m``, as downloaded; any subset of the patient folders works)::
+
+    ROOT/TCGA_CS_4941_19960909/TCGA_CS_4941_19960909_1.tif        256x256x3 uint8
+                               TCGA_CS_4941_19960909_1_mask.tif   256x256 {0, 255}
+                               ... _2.tif, _2_mask.tif, ... (numbered from 1, no gaps)
+    ROOT/TCGA_.../...
+
+The three channels of a slice are pre-contrast, FLAIR and post-contrast. Each patient folder
+is one volume: its slices are ordered by their number (numerically: 2 before 10), the
+patient (folder name) is every slice's :attr:`Example.case`, so per-case figures are
+per-patient (per-volume) Dice, all of a patient's voxels pooled.
+
+Volume-level preprocessing (options; the reference is mateuszbuda/brain-segmentation-pytorch),
+each computed over the whole volume once, when the dataset is built:
+
+1. ``crop``: voxels below 10% of the volume's maximum are set to 0 and every slice is
+   cropped to the (y, x) bounding box of what is left (the brain), the same box for all
+   slices of the volume; no slice is dropped;
+2. pad to a square (zeros, centred) and resize to ``image_size`` (cubic for the image, the
+   reference uses an order-2 spline; nearest neighbour for the mask);
+3. ``rescale``: intensities mapped from the volume's [10th, 99th] percentile (all channels
+   together) to [0, 1], clipped;
+4. ``standardize``: each channel to mean 0, std 1 over the volume.
+
+**Where Dice is computed.** Every figure (validation and test) is computed on the stored
+256x256 masks: the model's probabilities on the preprocessed grid are resized to the
+padded square, un-padded and put back into the crop box (probability 0 outside it, where
+every voxel of every slice was below 10% of the maximum). So figures compare with
+published per-patient Dice on the original slices.
+
+Splits are by patient, never by slice: a split file (JSON: ``{"train": [...], "val":
+[...], "test": [...]}`` of patient folder names, see :func:`make_patient_split`),
+``folds``/``fold`` (K-fold cross-validation: patients shuffled with ``split_seed`` and cut
+into K folds; fold i is the test set, validation patients are carved from the rest by the
+engine), ``split="all"`` (every patient is a test patient: evaluating a trained run), or,
+by default, a seeded split computed like the file.
+
+Training slices are drawn per patient, weighted towards slices with abnormality
+(:meth:`LggDataset.sampling_weights`, as in the reference).
+
+A trained run is evaluated on other patients with ``python -m experiments.brain_mri
+--evaluate RUN --data-dir OTHER`` (this dataset's volume preprocessing). Not with
+``unet_jax.predict`` / ``load_predictor``: those preprocess each image on its own (the run's
+``image_size``, per-image standardisation, no crop), not each volume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from unet_jax.config import PreprocessConfig
+from unet_jax.data.base import DataError, Dataset, Example, InMemorySource, Source, Subset, register, source_cases
+from unet_jax.data.imageio import read_image, read_mask
+
+__all__ = ["LGG_LAYOUT", "LggDataset", "LggSource", "list_patients", "make_patient_split", "resolve_lgg_dir",
+           "scan_patient"]
+
+LGG_LAYOUT = """\
+ROOT/TCGA_CS_4941_19960909/TCGA_CS_4941_19960909_1.tif  (256x256x3 slice)
+ROOT/TCGA_CS_4941_19960909/TCGA_CS_4941_19960909_1_mask.tif  (its mask, 0/255)
+... one folder per patient, slices numbered 1, 2, 3, ... (Kaggle's kaggle_3m)"""
+
+_SLICE = re.compile(r"^(?P<stem>.+)_(?P<number>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
+DEFAULT_DIR = Path("data/kaggle_3m")
+
+Slice = tuple[str, int, Path, Path]  # (patient, slice number, image path, mask path)
+
+
+def resolve_lgg_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """`data_dir`, else ``$UNET_JAX_LGG_DIR``, else ``./data/kaggle_3m``."""
+    return Path(data_dir or os.environ.get("UNET_JAX_LGG_DIR") or DEFAULT_DIR)
+
+
+def list_patients(root: str | os.PathLike) -> list[str]:
+    """The patient folders under `root` (sorted), or a DataError naming the folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"LGG folder {root} does not exist (give --data-dir or set $UNET_JAX_LGG_DIR). "
+                        f"Expected layout:\n{LGG_LAYOUT}")
+    patients = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if not patients:
+        raise DataError(f"LGG folder {root} holds no patient folders. Expected layout:\n{LGG_LAYOUT}")
+    return patients
+
+
+def scan_patient(folder: Path) -> list[tuple[int, Path, Path]]:
+    """(slice number, image, mask) of one patient folder, by slice number; errors name files."""
+    images: dict[int, Path] = {}
+    masks: dict[int, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.suffix.lower() not in (".tif", ".tiff"):
+            continue
+        m = _SLICE.match(p.name)
+        if m is None or m["stem"] != folder.name:
+            raise DataError(f"{p}: unexpected file name; slices of {folder} are named {folder.name}_<number>.tif "
+                            f"and their masks {folder.name}_<number>_mask.tif")
+        (masks if m["mask"] else images)[int(m["number"])] = p
+    if not images and not masks:
+        raise DataError(f"patient folder {folder} holds no slices ({folder.name}_<number>.tif). "
+                        f"Expected layout:\n{LGG_LAYOUT}")
+    lonely = [images[k].name for k in sorted(set(images) - set(masks))]
+    if lonely:
+        raise DataError(f"{folder}: slice(s) without a mask: {', '.join(lonely[:10])}"
+                        f"{' ...' if len(lonely) > 10 else ''} (expected <name>_mask.tif next to each slice)")
+    lonely = [masks[k].name for k in sorted(set(masks) - set(images))]
+    if lonely:
+        raise DataError(f"{folder}: mask(s) without a slice: {', '.join(lonely[:10])}"
+                        f"{' ...' if len(lonely) > 10 else ''}")
+    numbers = sorted(images)
+    missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
+    if missing:
+        raise DataError(f"{folder}: slice number(s) {', '.join(map(str, missing[:10]))} missing (slices are numbered "
+                        f"1..{numbers[-1]} without gaps; a volume with a hole would be scored wrongly)")
+    return [(k, images[k], masks[k]) for k in numbers]
+
+
+def make_patient_split(patients: Sequence[str], *, seed: int = 0, val_fraction: float = 0.1,
+                       test_fraction: float = 0.2) -> dict[str, Any]:
+    """A seeded patient-level train/val/test split (what ``experiments/splits/*.json`` hold).
+
+    Patients are sorted, permuted with ``numpy.random.default_rng(seed)``; the first
+    ``round(test_fraction * n)`` are test, the next ``round(val_fraction * n)`` (at least 1
+    when the fraction is > 0) validation, the rest training.
+    """
+    patients = sorted(patients)
+    n = len(patients)
+    n_test = max(1, int(round(test_fraction * n)))
+    n_val = max(1 if val_fraction > 0 else 0, int(round(val_fraction * n)))
+    if n_test + n_val >= n:
+        raise DataError(f"{n} patient(s) cannot be split into {n_test} test and {n_val} validation patients with "
+                        "at least one left to train on")
+    order = np.random.default_rng(seed).permutation(n)
+    pick = [patients[i] for i in order]
+    return {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+            "train": sorted(pick[n_test + n_val:]), "val": sorted(pick[n_test:n_test + n_val]),
+            "test": sorted(pick[:n_test])}
+
+
+def fold_patients(patients: Sequence[str], folds: int, seed: int) -> list[list[str]]:
+    """`patients` shuffled with `seed` and cut into `folds` near-equal folds (a partition)."""
+    patients = sorted(patients)
+    if not 2 <= folds <= len(patients):
+        raise DataError(f"--folds {folds}: K-fold cross-validation needs 2 <= K <= the {len(patients)} patients")
+    order = np.random.default_rng(seed).permutation(len(patients))
+    return [sorted(patients[i] for i in part) for part in np.array_split(order, folds)]
+
+
+class LggSource:
+    """Slices of some patients, by patient then slice number; each access decodes one slice."""
+
+    def __init__(self, slices: list[Slice], areas: dict[tuple[str, int], int]):
+        self.slices = slices
+        self.cases = [s[0] for s in slices]
+        self.areas = [areas[(s[0], s[1])] for s in slices]  # abnormal pixels per slice (stored masks)
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, index: int) -> Example:
+        patient, number, image_path, mask_path = self.slices[index]
+        label = (read_mask(mask_path) > 0).astype(np.uint8)
+        return Example(id=f"{patient}_{number}", image=read_image(image_path), label=label, case=patient)
+
+
+class _Volume:
+    """One patient's volume-level preprocessing: crop box, padding, intensity statistics."""
+
+    def __init__(self, box: tuple[int, int, int, int], threshold: float):
+        self.box, self.threshold = box, threshold
+        self.lo = self.hi = 0.0
+        self.mean = np.zeros(3, np.float32)
+        self.std = np.ones(3, np.float32)
+
+    def geometry(self, image: np.ndarray, size: int | None, crop: bool, interpolation: int) -> np.ndarray:
+        """Threshold, crop, pad to a square and resize one (H, W[, C]) slice."""
+        y0, y1, x0, x1 = self.box
+        a = image[y0:y1, x0:x1]
+        h, w = a.shape[:2]
+        side = max(h, w)
+        (pt, pb), (pl, pr) = _pad(side - h), _pad(side - w)
+        pad = ((pt, pb), (pl, pr)) + (((0, 0),) if a.ndim == 3 else ())
+        a = np.pad(a, pad)
+        if size is not None and side != size:
+            a = cv2.resize(a, (size, size), interpolation=interpolation).reshape((size, size) + a.shape[2:])
+        return a
+
+
+def _pad(diff: int) -> tuple[int, int]:
+    return diff // 2, diff - diff // 2  # floor before, ceil after (the reference's pad_sample)
+
+
+@register("lgg")
+class LggDataset(Dataset):
+    """Kaggle LGG brain MRI (see the module docstring).
+
+    Args:
+      root: the ``kaggle_3m`` folder (None: ``$UNET_JAX_LGG_DIR``, else ``./data/kaggle_3m``).
+      split: a split file (path to JSON with "train", "val", "test" lists of patients),
+        "all" (every patient is a test patient, nothing to train on), or None: a seeded
+        split (``split_seed``, ``val_fraction``, ``test_fraction``) by
+        :func:`make_patient_split`.
+      folds, fold: K-fold cross-validation by patient: fold `fold` (0-based) of `folds` is
+        the test set, the others are training patients (validation patients are carved
+        from them by the engine, ``--val-size`` patients).
+      patients: use only these patient folders (default: every one under root, or those of
+        the split file).
+      crop, rescale, standardize: the volume-level preprocessing steps (module docstring).
+      uniform_share: training slices are drawn with probability proportional to their
+        abnormal area plus this share spread uniformly over the patient's slices (0.1 in
+        the reference); None draws slices uniformly.
+      preprocess: its ``image_size`` is the side of the model's input (None: the padded
+        square's own size); channels are always the three stored ones.
+      progress: a progress bar while reading the volumes.
+    """
+
+    name = "lgg"
+
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        split: str | os.PathLike | None = None,
+        split_seed: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        folds: int | None = None,
+        fold: int | None = None,
+        patients: Sequence[str] | None = None,
+        crop: bool = True,
+        rescale: bool = True,
+        standardize: bool = True,
+        uniform_share: float | None = 0.1,
+        preprocess: PreprocessConfig = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore",
+                                                        image_size=256),
+        progress: bool = True,
+    ):
+        super().__init__(preprocess)
+        if preprocess.channels != "rgb" or preprocess.clahe:
+            raise DataError("the LGG dataset feeds the three stored MRI channels as they are: use channels='rgb' "
+                            "and no CLAHE")
+        if uniform_share is not None and uniform_share < 0:
+            raise DataError(f"--uniform-share {uniform_share}: must be >= 0")
+        self.root = resolve_lgg_dir(root)
+        self.crop, self.rescale, self.standardize = crop, rescale, standardize
+        self.uniform_share = uniform_share
+        available = list_patients(self.root)
+        if patients is not None:
+            unknown = sorted(set(patients) - set(available))
+            if unknown:
+                raise DataError(f"patient(s) not found in {self.root}: {', '.join(unknown[:10])}")
+            available = sorted(set(patients))
+        self.split_info: dict[str, Any]
+        val: list[str] = []
+        if folds is not None or fold is not None:
+            if folds is None or fold is None or not 0 <= fold < folds:
+                raise DataError(f"--folds K --fold i needs both, with 0 <= i < K (got folds={folds}, fold={fold})")
+            if split is not None:
+                raise DataError("give either --split or --folds/--fold, not both")
+            parts = fold_patients(available, folds, split_seed)
+            test = parts[fold]
+            train = sorted(p for p in available if p not in set(test))
+            self.split_info = {"kind": f"fold {fold} of {folds}", "seed": split_seed}
+        elif split == "all":
+            train, test = [], available
+            self.split_info = {"kind": "all patients are test patients"}
+        elif split is not None:
+            train, val, test = self._read_split(Path(split), available)
+            self.split_info = {"kind": "file", "file": str(Path(split).resolve())}
+        else:
+            s = make_patient_split(available, seed=split_seed, val_fraction=val_fraction, test_fraction=test_fraction)
+            train, val, test = s["train"], s["val"], s["test"]
+            self.split_info = {"kind": "seeded", "seed": split_seed, "val_fraction": val_fraction,
+                               "test_fraction": test_fraction}
+        self.split_info.update(train=train, val=val, test=test)
+        self._volumes: dict[str, _Volume] = {}
+        slices: dict[str, list[Slice]] = {p: [(p, k, i, m) for k, i, m in scan_patient(self.root / p)]
+                                          for p in train + val + test}
+        areas: dict[tuple[str, int], int] = {}
+        for p in tqdm(train + val + test, desc="reading LGG volumes", unit="patient", leave=False,
+                      disable=not progress):
+            self._volumes[p] = self._prepare_volume(slices[p], areas)
+        self._train = LggSource([s for p in train for s in slices[p]], areas)
+        self._val = LggSource([s for p in val for s in slices[p]], areas)
+        self._test = LggSource([s for p in test for s in slices[p]], areas)
+
+    def _read_split(self, path: Path, available: list[str]) -> tuple[list[str], list[str], list[str]]:
+        try:
+            spec = json.loads(path.read_text())
+            train, val, test = (sorted(spec.get(k, [])) for k in ("train", "val", "test"))
+        except (OSError, ValueError, AttributeError, TypeError) as e:
+            raise DataError(f"cannot read the split file {path}: {e} (expected JSON with 'train', 'val' and 'test' "
+                            "lists of patient folder names)") from e
+        named = train + val + test
+        if len(set(named)) != len(named):
+            twice = sorted({p for p in named if named.count(p) > 1})
+            raise DataError(f"split file {path}: patient(s) in more than one split: {', '.join(twice[:10])}")
+        missing = sorted(set(named) - set(available))
+        if missing:
+            raise DataError(f"split file {path} names patient(s) not in {self.root}: {', '.join(missing[:10])}"
+                            f"{' ...' if len(missing) > 10 else ''}")
+        if not train or not test:
+            raise DataError(f"split file {path} needs at least one 'train' and one 'test' patient")
+        return train, val, test
+
+    def _prepare_volume(self, slices: list[Slice], areas: dict[tuple[str, int], int]) -> _Volume:
+        """Reads one patient's slices and masks once: checks them, computes its statistics."""
+        images, shape = [], None
+        for patient, number, image_path, mask_path in slices:
+            image = read_image(image_path)
+            mask = read_mask(mask_path)
+            if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+                raise DataError(f"{image_path}: expected a 3-channel 8-bit slice (pre-contrast, FLAIR, post-contrast), "
+                                f"got shape {image.shape} {image.dtype}")
+            if shape is None:
+                shape = image.shape
+            elif image.shape != shape:
+                raise DataError(f"{image_path} is {image.shape[1]}x{image.shape[0]} but the other slices of its volume "
+                                f"are {shape[1]}x{shape[0]}")
+            if mask.shape != image.shape[:2]:
+                raise DataError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its slice is "
+                                f"{image.shape[1]}x{image.shape[0]}")
+            values = np.unique(mask)
+            if not set(values.tolist()) <= {0, 255} and not set(values.tolist()) <= {0, 1}:
+                raise DataError(f"mask {mask_path} holds values {values[:10].tolist()}: expected a binary 0/255 mask")
+            areas[(patient, number)] = int(np.count_nonzero(mask))
+            images.append(image)
+        volume = np.stack(images)  # (N, H, W, 3) uint8: at most ~90 slices of 256x256x3
+        threshold = 0.1 * float(volume.max())
+        if self.crop:
+            kept = volume >= threshold if threshold > 0 else np.zeros(volume.shape, bool)
+            ys = np.flatnonzero(kept.any(axis=(0, 2, 3)))
+            xs = np.flatnonzero(kept.any(axis=(0, 1, 3)))
+            box = (int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1) if ys.size else (0, shape[0], 0, shape[1])
+        else:
+            box = (0, shape[0], 0, shape[1])
+        vol = _Volume(box, threshold)
+        if self.rescale or self.standardize:
+            x = np.stack([self._geometry(vol, im) for im in images])
+            if self.rescale:
+                vol.lo, vol.hi = (float(v) for v in np.percentile(x, (10, 99)))
+                x = self._rescale(vol, x)
+            if self.standardize:
+                vol.mean = x.mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
+                std = x.std(axis=(0, 1, 2), dtype=np.float64)
+                vol.std = np.where(std > 0, std, 1.0).astype(np.float32)
+        return vol
+
+    def _geometry(self, vol: _Volume, image: np.ndarray) -> np.ndarray:
+        x = image.astype(np.float32)
+        if self.crop:
+            x[x < vol.threshold] = 0.0  # the reference zeroes what is below 10% of the maximum
+        return vol.geometry(x, self.preprocessing.image_size, self.crop, cv2.INTER_CUBIC)
+
+    def _rescale(self, vol: _Volume, x: np.ndarray) -> np.ndarray:
+        span = vol.hi - vol.lo
+        return np.clip((x - vol.lo) / (span if span > 0 else 1.0), 0.0, 1.0).astype(np.float32)
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    @property
+    def channels(self) -> int:
+        return 3
+
+    def train(self) -> Source:
+        return self._train
+
+    def validation(self) -> Source | None:
+        """The split file's (or seeded split's) validation patients; with --folds, None:
+        the engine carves whole patients from the training ones."""
+        return None if self.split_info["kind"].startswith("fold") or self.split_info["kind"].startswith("all") \
+            else self._val
+
+    def test(self) -> Source:
+        return self._test
+
+    def volume(self, patient: str) -> _Volume:
+        if patient not in self._volumes:
+            raise DataError(f"patient {patient} is not part of this dataset (its volume statistics were not computed)")
+        return self._volumes[patient]
+
+    def preprocess(self, example: Example) -> Example:
+        """The model's input: the slice through its volume's crop, pad, resize and intensity
+        statistics; the label likewise (nearest neighbour)."""
+        vol = self.volume(example.case_id)
+        x = self._geometry(vol, np.asarray(example.image))
+        if self.rescale:
+            x = self._rescale(vol, x)
+        if self.standardize:
+            x = (x - vol.mean) / vol.std
+        elif not self.rescale:
+            x = x / np.float32(255.0)
+        label = vol.geometry(np.asarray(example.label, np.uint8), self.preprocessing.image_size, self.crop,
+                             cv2.INTER_NEAREST)
+        return example.replace(image=np.ascontiguousarray(x, np.float32), label=label, valid=None)
+
+    def restore_probs(self, example: Example, probs: np.ndarray) -> np.ndarray:
+        """Probabilities on the preprocessed grid back onto the stored slice: resized to the
+        padded square, un-padded, placed in the crop box (0 outside)."""
+        vol = self.volume(example.case_id)
+        y0, y1, x0, x1 = vol.box
+        h, w = y1 - y0, x1 - x0
+        side = max(h, w)
+        p = np.asarray(probs, np.float32)
+        if p.shape[0] != side:
+            p = cv2.resize(p, (side, side), interpolation=cv2.INTER_LINEAR).reshape((side, side) + p.shape[2:])
+        top, left = _pad(side - h)[0], _pad(side - w)[0]
+        out = np.zeros(np.asarray(example.label).shape + p.shape[2:], np.float32)
+        out[y0:y1, x0:x1] = p[top:top + h, left:left + w]
+        return out
+
+    def sampling_weights(self, source: Source) -> np.ndarray | None:
+        """Per patient: slice probability ``(area + share * total / n) / (total * (1 + share))``
+        (area: the slice's abnormal pixels, total: the patient's, n: its slices; uniform when
+        the patient has no abnormality), each patient equally likely (the reference picks a
+        patient uniformly, then a slice with these probabilities)."""
+        if self.uniform_share is None:
+            return None
+        cases, areas = _cases_and_areas(source)
+        weights = np.zeros(len(cases), np.float64)
+        by_case: dict[str, list[int]] = {}
+        for i, c in enumerate(cases):
+            by_case.setdefault(c, []).append(i)
+        for idx in by_case.values():
+            a = np.asarray([areas[i] for i in idx], np.float64)
+            total = a.sum()
+            p = (a + self.uniform_share * total / len(a)) / (total * (1 + self.uniform_share)) if total > 0 else \
+                np.full(len(a), 1.0 / len(a))
+            weights[idx] = p / len(by_case)
+        return weights
+
+    def test_reporter(self, workdir: Any, *, ignore_empty: bool = True) -> Any:
+        """Per-patient Dice (with and without LCC), dsc.png, outline overlays and a GIF per
+        test patient (the FLAIR channel in grey), see :mod:`unet_jax.volumes`."""
+        from unet_jax.volumes import VolumeReporter
+
+        return VolumeReporter(workdir, num_classes=2, ignore_empty=ignore_empty,
+                              display=lambda ex: np.asarray(ex.image)[..., 1])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "root": str(self.root.resolve()), "split": self.split_info,
+                "num_train": len(self._train), "num_val": len(self._val), "num_test": len(self._test),
+                "preprocessing": {"crop": self.crop, "rescale": self.rescale, "standardize": self.standardize,
+                                  "image_size": self.preprocessing.image_size},
+                "sampling": "uniform" if self.uniform_share is None else
+                f"area-weighted per patient, uniform share {self.uniform_share}",
+                "evaluation_grid": "stored 256x256 masks (predictions mapped back through the crop box)"}
+
+
+def _cases_and_areas(source: Source) -> tuple[list[str], list[int]]:
+    """Case id and abnormal area of each example of `source` (through Subsets; other
+    sources are read)."""
+    if isinstance(source, LggSource):
+        return list(source.cases), list(source.areas)
+    if isinstance(source, Subset):
+        cases, areas = _cases_and_areas(source.source)
+        return [cases[i] for i in source.indices], [areas[i] for i in source.indices]
+    if isinstance(source, InMemorySource):
+        return [e.case_id for e in source.examples], [int(np.count_nonzero(e.label)) for e in source.examples]
+    cases = source_cases(source)
+    examples = [source[i] for i in range(len(source))]
+    return (cases or [e.case_id for e in examples]), [int(np.count_nonzero(e.label)) for e in examples]
