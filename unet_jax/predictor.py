@@ -123,7 +123,9 @@ def load_predictor(workdir: str | Path, which: Literal["best", "final"] = "best"
     cfg = RunConfig.from_dict(_read_json(workdir / "config.json", "the run's configuration"))
     info = _read_json(workdir / "dataset.json", "its classes and channels; runs made before dataset.json "
                                                "existed cannot be loaded")
-    template = initial_state(cfg, int(info["channels"]), int(info["num_classes"]))
+    # Restoring needs only shapes and dtypes: abstract them instead of compiling the model's
+    # initialisation (seconds instead of up to minutes on a busy 2-core CPU).
+    template = jax.eval_shape(lambda: initial_state(cfg, int(info["channels"]), int(info["num_classes"])))
     try:
         state = load_state(workdir, template, which="best" if which == "best" else "latest")
     except CheckpointError:

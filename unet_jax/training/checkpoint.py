@@ -196,8 +196,9 @@ class Checkpointer:
 def load_state(workdir: Path, template: Any, *, which: str = "latest", step: int | None = None) -> Any:
     """The TrainState saved under ``<workdir>/checkpoints`` (`which` = "latest" or "best").
 
-    `template` is a TrainState of the same model (e.g. from ``create_train_state``); it
-    supplies the structure, dtypes and placement (a state on one device restores there).
+    `template` is a TrainState of the same model (e.g. from ``create_train_state``, or its
+    ``jax.eval_shape``); it supplies the structure, dtypes and placement (a state on one
+    device restores there; an abstract one on the default device).
     """
     ckpt = Checkpointer(Path(workdir) / "checkpoints", every=1, keep=1 << 30)
     try:
