@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unet_jax import data
 from unet_jax.config import RunConfig
 from unet_jax.data.preprocess import preprocess_image, resize_probs
 from unet_jax.inference import flip_tta, sliding_window_inference
@@ -121,6 +122,11 @@ def load_predictor(workdir: str | Path, which: Literal["best", "final"] = "best"
     if which not in ("best", "final"):
         raise PredictorError(f"which must be 'best' or 'final', got {which!r}")
     cfg = RunConfig.from_dict(_read_json(workdir / "config.json", "the run's configuration"))
+    how = data.dataset_class(cfg.data.dataset).volume_preprocessing
+    if how is not None:
+        raise PredictorError(f"{workdir} was trained on {cfg.data.dataset!r}, whose preprocessing uses whole "
+                             f"volumes (crop box, intensity statistics of every slice), so single images cannot "
+                             f"be predicted faithfully; evaluate it with {how}")
     info = _read_json(workdir / "dataset.json", "its classes and channels; runs made before dataset.json "
                                                "existed cannot be loaded")
     # Restoring needs only shapes and dtypes: abstract them instead of compiling the model's

@@ -30,6 +30,7 @@ from unet_jax.data.base import (
     Source,
     Subset,
     available,
+    dataset_class,
     get,
     register,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "Subset",
     "SyntheticDrive",
     "available",
+    "dataset_class",
     "default_tfds_dir",
     "drive_source",
     "get",

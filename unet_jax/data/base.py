@@ -34,6 +34,7 @@ __all__ = [
     "Source",
     "Subset",
     "available",
+    "dataset_class",
     "get",
     "register",
     "source_cases",
@@ -150,6 +151,10 @@ class Dataset(abc.ABC):
     valid_region: str | None = None
     #: synthetic data: results say so loudly.
     synthetic: bool = False
+    #: None when :meth:`preprocess` needs the image alone; else the preprocessing uses the
+    #: whole volume (crop box, intensity statistics), so a single image cannot be
+    #: predicted (unet_jax.predict, the app), and this says how to evaluate a run instead.
+    volume_preprocessing: str | None = None
 
     def __init__(self, preprocess: PreprocessConfig = PreprocessConfig()):
         self.preprocessing = preprocess
@@ -234,8 +239,13 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str, **options: Any) -> Dataset:
-    """Builds the dataset `name` with its keyword `options` (and ``preprocess=``)."""
+def dataset_class(name: str) -> type[Dataset]:
+    """The class registered as `name` (its class attributes, without reading any data)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name](**options)
+    return _REGISTRY[name]
+
+
+def get(name: str, **options: Any) -> Dataset:
+    """Builds the dataset `name` with its keyword `options` (and ``preprocess=``)."""
+    return dataset_class(name)(**options)

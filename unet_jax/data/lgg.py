@@ -225,6 +225,7 @@ class LggDataset(Dataset):
     """
 
     name = "lgg"
+    volume_preprocessing = "python -m experiments.brain_mri --evaluate RUN --data-dir FOLDER_OF_PATIENTS"
 
     def __init__(
         self,

@@ -179,6 +179,7 @@ class NiftiDataset(Dataset):
     """
 
     name = "nifti"
+    volume_preprocessing = "python -m experiments.volumes (its test figures are per volume)"
 
     def __init__(self, root: str | os.PathLike, window: tuple[float, float] | None = None,
                  percentiles: tuple[float, float] = (0.5, 99.5), context: int = 0, test_fraction: float = 0.2,
