@@ -129,9 +129,13 @@ def load_predictor(workdir: str | Path, which: Literal["best", "final"] = "best"
                              f"be predicted faithfully; evaluate it with {how}")
     info = _read_json(workdir / "dataset.json", "its classes and channels; runs made before dataset.json "
                                                "existed cannot be loaded")
-    # Restoring needs only shapes and dtypes: abstract them instead of compiling the model's
-    # initialisation (seconds instead of up to minutes on a busy 2-core CPU).
-    template = jax.eval_shape(lambda: initial_state(cfg, int(info["channels"]), int(info["num_classes"])))
+    # Restoring needs only shapes, dtypes and placement: abstract them instead of compiling
+    # the model's initialisation (seconds instead of up to minutes on a busy 2-core CPU).
+    # Placed on one device: left unplaced, the arrays would come back sharded like the
+    # training mesh, which the predictor's single-device programs cannot mix.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    template = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), jax.eval_shape(
+        lambda: initial_state(cfg, int(info["channels"]), int(info["num_classes"]))))
     try:
         state = load_state(workdir, template, which="best" if which == "best" else "latest")
     except CheckpointError:
