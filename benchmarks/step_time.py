@@ -245,6 +245,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         result["machine"]["torch"] = torch.__version__
         result["machine"]["torch_threads"] = torch.get_num_threads()
+    out = Path(a.out) if a.out else (Path(__file__).parent / "results" / f"step_time-{device_slug()}.json"
+                                     if a.all else None)
+
+    def save() -> str:
+        table = markdown(result)
+        if out is not None:  # after every point, so a sweep cut short keeps what it measured
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            out.with_suffix(".md").write_text(table)
+        return table
+
     t0 = time.perf_counter()
     for prec in a.precision:
         for batch, size in points:
@@ -259,19 +270,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     point = {"arch": arch, "batch_size": batch, "image_size": size, "precision": prec,
                              "error": f"{type(e).__name__}: {str(e)[:500]}"}
                 result["points"].append(point)
+                result["wall_s"] = time.perf_counter() - t0
+                save()
                 _release()
                 print(json.dumps({k: point.get(k) for k in ("arch", "batch_size", "image_size", "precision")}
                                  | {"train_ratios": point.get("train", {}).get("ratios"),
                                     "error": point.get("error")}), flush=True)
-    result["wall_s"] = time.perf_counter() - t0
-    table = markdown(result)
-    print(table)
-    out = Path(a.out) if a.out else (Path(__file__).parent / "results" / f"step_time-{device_slug()}.json"
-                                     if a.all else None)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        out.with_suffix(".md").write_text(table)
+    print(save())
     return result
 
 

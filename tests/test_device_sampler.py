@@ -151,9 +151,19 @@ def test_sampling_is_deterministic_per_key(source):
     assert not np.array_equal(np.asarray(a["image"]), np.asarray(c["image"]))
 
 
+class _FakeDevice:
+    def __init__(self, platform, limit):
+        self.platform, self.limit = platform, limit
+
+    def memory_stats(self):
+        return {"bytes_limit": self.limit}
+
+
 def test_resolve_on_device():
     assert resolve_on_device("yes", 1 << 60, 0.25) and not resolve_on_device("no", 1, 0.25)
-    assert resolve_on_device("auto", 1, 0.25) and not resolve_on_device("auto", 1 << 60, 0.25)
+    gpu = _FakeDevice("gpu", 1000)
+    assert resolve_on_device("auto", 250, 0.25, gpu) and not resolve_on_device("auto", 251, 0.25, gpu)
+    assert not resolve_on_device("auto", 1, 0.25, _FakeDevice("cpu", 1000))
 
 
 @pytest.fixture
@@ -166,7 +176,7 @@ def tiny_run(source):
     return cfg, state, prepare_device_data(source, 32), DeviceSampler(patch_size=32, foreground_bias=0.3)
 
 
-def test_one_compile_with_steps_per_call_and_bit_exact_resume(tiny_run, tmp_path):
+def test_one_compile_with_steps_per_call_and_bit_exact_resume(tiny_run, tmp_path, compile_cache):
     cfg, state0, data, sampler = tiny_run
     kw = dict(cfg=cfg, loss_fn=losses.get_loss("bce_dice"), progress=False, sampler=sampler)
     ckpt = Checkpointer(tmp_path / "ck", every=4, keep=5)
@@ -179,6 +189,3 @@ def test_one_compile_with_steps_per_call_and_bit_exact_resume(tiny_run, tmp_path
     resumed, _ = fit(mid, data, **kw)
     for x, y in zip(jax.tree.leaves(final), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    # Another sampler key trains on other patches.
-    other, _ = fit(state0.replace(data_rng=np.asarray(jax.random.key_data(jax.random.key(8)))), data, **kw)
-    assert not np.array_equal(np.asarray(other.params["head"]["kernel"]), np.asarray(final.params["head"]["kernel"]))

@@ -56,7 +56,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="grain worker processes producing patches (0: a background thread of this process)")
     g.add_argument("--data-on-device", choices=["auto", "yes", "no"], default=DataConfig().on_device,
                    help="upload the training set to the device once and sample patches inside the jitted step "
-                        "(auto: when it takes at most a quarter of the device's memory)")
+                        "(auto: on a GPU/TPU when it takes at most a quarter of its memory; never on CPU)")
     g.add_argument("--steps-per-call", type=int, default=t.steps_per_call,
                    help="optimizer steps per dispatch (device-resident data; must divide --steps, --log-every, "
                         "--eval-every and --checkpoint-every)")

@@ -115,7 +115,8 @@ class DataConfig:
       many MB; larger sets are decoded from disk per patch, so memory stays flat.
     on_device: "yes" uploads the training set to the device once and samples patches
       inside the jitted step (:mod:`unet_jax.data.device_sampler`); "no" uses the host
-      pipeline; "auto" uploads when the set takes at most `device_share` of device memory.
+      pipeline; "auto" uploads on an accelerator when the set takes at most `device_share`
+      of its memory (never on CPU: see ``device_sampler.resolve_on_device``).
     """
 
     dataset: str = "drive"

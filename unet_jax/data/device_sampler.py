@@ -29,7 +29,6 @@ state, so a run is deterministic per seed and a resumed run is bit-exact.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax.struct
@@ -42,7 +41,7 @@ from unet_jax.config import AugmentConfig
 from unet_jax.data.base import Source
 from unet_jax.data.pipeline import PreparedExample
 
-__all__ = ["DeviceData", "DeviceSampler", "data_nbytes", "prepare_device_data", "resolve_on_device"]
+__all__ = ["DeviceData", "DeviceSampler", "data_nbytes", "prepare_device_data", "resolve_on_device", "sampler_key"]
 
 # uint8 code -> the float32 value of a unit-normalised 8-bit pixel (what x / 255 gives on the host).
 _UNIT_LUT = (np.arange(256, dtype=np.float32) / np.float32(255)).astype(np.float32)
@@ -126,26 +125,32 @@ def data_nbytes(source: Source, patch_size: int) -> int:
 
 
 def _device_memory(device: jax.Device) -> int:
-    """Bytes usable on `device`: the allocator's limit on accelerators, physical RAM on CPU."""
+    """Bytes the allocator may use on `device` (0 when it does not say)."""
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if stats and stats.get("bytes_limit"):
-        return int(stats["bytes_limit"])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int((stats or {}).get("bytes_limit", 0))
 
 
 def resolve_on_device(setting: str, nbytes: int, share: float, device: jax.Device | None = None) -> bool:
     """Whether to train from device-resident data.
 
-    "yes"/"no" decide; "auto" is yes when the training set takes at most `share` of the
-    device's memory. That holds on CPU too: there the "device" is host RAM, and
-    benchmarks/loop.py measured in-step sampling at least as fast as the grain thread on
-    a 2-core CPU (benchmarks/results/loop-cpu.json), which also frees the host from
-    per-patch Python work.
+    "yes"/"no" decide. "auto" is yes on an accelerator when the training set takes at most
+    `share` of its memory, and no on CPU: there the grain thread already overlaps the
+    step, benchmarks/loop.py measured no gain worth a change on a 2-core CPU
+    (benchmarks/results/loop-cpu.json), and the host pipeline keeps the documented CPU
+    results reproducible (the two paths draw different random streams).
     """
     if setting in ("yes", "no"):
         return setting == "yes"
     device = device or jax.devices()[0]
+    if device.platform == "cpu":
+        return False
     return nbytes <= share * _device_memory(device)
+
+
+def sampler_key(seed: int) -> np.ndarray:
+    """The raw uint32 key that starts a run's patch stream (``TrainState.data_rng``);
+    derived from, but not equal to, the key that initialises the weights."""
+    return np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 1)))
 
 
 class DeviceSampler:

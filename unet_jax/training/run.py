@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from unet_jax import losses, models
 from unet_jax.config import RunConfig
 from unet_jax.data.base import Dataset, InMemorySource, MappedSource, Source, Subset
-from unet_jax.data.device_sampler import DeviceSampler, data_nbytes, prepare_device_data, resolve_on_device
+from unet_jax.data.device_sampler import (DeviceSampler, data_nbytes, prepare_device_data, resolve_on_device,
+                                          sampler_key)
 from unet_jax.data.pipeline import make_train_iterator
 from unet_jax.evaluation import EvalResult, evaluate
 from unet_jax.training import parallel
@@ -234,8 +235,7 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
     batches, sampler = training_data(cfg, training_source(cfg, dataset, fit_src, progress), local_batch)
     state, n_params = build_state(cfg, dataset, mesh)
     if sampler is not None:  # the sampler's key lives in the state (checkpointed, so resumes are exact)
-        key = jax.random.fold_in(jax.random.key(cfg.train.seed), 1)  # not the initialisation's key
-        state = parallel.replicate(state.replace(data_rng=np.asarray(jax.random.key_data(key))), mesh)
+        state = parallel.replicate(state.replace(data_rng=sampler_key(cfg.train.seed)), mesh)
     ckpt = Checkpointer(workdir / "checkpoints", every=cfg.train.checkpoint_every, keep=cfg.train.keep, run_meta={
         "config": cfg.to_dict(), "seed": cfg.train.seed, "workers": d.workers, "devices": n_dev,
         "processes": jax.process_count()})
@@ -262,7 +262,8 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
         ckpt.close()
     if not is_main:
         return {}
-    facts = {"params": n_params, "data_on_device": sampler is not None, "test_eval_s": test_eval_s, "total_wall_s": time.perf_counter() - t_start,
+    facts = {"params": n_params, "data_on_device": sampler is not None,
+             "test_eval_s": test_eval_s, "total_wall_s": time.perf_counter() - t_start,
              "devices": n_dev, "resumed_from_step": start_step if resume else None,
              "checkpoints": {"final": ckpt.path("latest", cfg.train.steps), "best": ckpt.path("best", ckpt.best_step)}}
     return write_results(workdir, cfg, dataset, ev, best_block, stats, facts)
