@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu_suite_out}"
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_suite.log") 2>&1
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and PyTorch share the GPU
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     gpu_carry/wheels/*.whl || exit 1
 export PYTHONPATH="/tmp/site:$PWD"

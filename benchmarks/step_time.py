@@ -32,6 +32,7 @@ import argparse
 import copy
 import gc
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. why a sweep was cut)")
     p.add_argument("--out", default=None, help="JSON path (default with --all: benchmarks/results/step_time-<device>.json)")
     a = p.parse_args(argv)
+    # JAX and PyTorch share one GPU here: JAX must not take 75% of its memory up front
+    # (read when JAX's backend starts, which no code has done before this point).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if a.torch:
         try:
             import torch  # noqa: F401

@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -212,6 +213,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--tfds-dir", default=None)
     p.add_argument("--out", default=None, help="JSON path (the PNG goes next to it)")
     a = p.parse_args(argv)
+    # JAX and PyTorch share one GPU here: JAX must not take 75% of its memory up front
+    # (read when JAX's backend starts, which no code has done before this point).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     base = RunConfig()
     cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, arch=a.arch),
                               train=dataclasses.replace(base.train, steps=a.steps, precision=a.precision))
