@@ -149,6 +149,16 @@ def run(cfg: RunConfig, dataset: Dataset, *, max_seconds: float, eval_every: int
     steps = {n: 0 for n in runners}
     first_step_s: dict[str, float] = {}
     curves: dict[str, list[dict]] = {n: [] for n in runners}
+
+    def validate(name: str) -> None:
+        s = score(runners[name], val_src) if val_src is not None else {}
+        curves[name].append({"step": steps[name], "train_s": clock[name], "val_f1": s.get("dice"),
+                             "val_auc": s.get("auc")})
+        if progress:
+            print(f"{name}: step {steps[name]}, {clock[name]:.1f} s, val F1 {s.get('dice')}", flush=True)
+
+    for name in runners:  # step 0: the same weights, so (nearly) the same scores
+        validate(name)
     while True:
         active = [n for n in runners if steps[n] < cfg.train.steps and clock[n] < max_seconds]
         if not active:
@@ -168,11 +178,7 @@ def run(cfg: RunConfig, dataset: Dataset, *, max_seconds: float, eval_every: int
                     clock[name] += dt
                 if clock[name] >= max_seconds:
                     break
-            s = score(r, val_src) if val_src is not None else {}
-            curves[name].append({"step": steps[name], "train_s": clock[name], "val_f1": s.get("dice"),
-                                 "val_auc": s.get("auc")})
-            if progress:
-                print(f"{name}: step {steps[name]}, {clock[name]:.1f} s, val F1 {s.get('dice')}", flush=True)
+            validate(name)
     test = {n: score(r, dataset.test()) for n, r in runners.items()}
     return {
         "curves": curves, "first_step_s": first_step_s, "steps": steps, "train_s": clock,

@@ -193,6 +193,11 @@ class TrainStep:
             loss = lax.pmean(loss, DATA) if _varying(loss, DATA) else loss
             return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
+        # XLA:CPU ran a U-Net step about 8x slower inside a rolled scan (a while loop) than
+        # unrolled or alone (0.39 vs 0.05 s, measured on a 2-core AMD EPYC): unroll there, at
+        # K times the compile time. Accelerators keep the loop (one body to compile).
+        unroll = steps_per_call if mesh.devices.flat[0].platform == "cpu" else 1
+
         def sampled_steps(state: TrainState, data: Any) -> tuple[TrainState, dict]:
             def one(state, _):
                 key, sub = jax.random.split(jax.random.wrap_key_data(state.data_rng))
@@ -203,7 +208,7 @@ class TrainStep:
                 state = state.replace(data_rng=jax.random.key_data(key))
                 return local_step(state, sampler.sample_batch(data, keys))
 
-            return lax.scan(one, state, length=steps_per_call)
+            return lax.scan(one, state, length=steps_per_call, unroll=unroll)
 
         if sampler is None:
             mapped = jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P()))
