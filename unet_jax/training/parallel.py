@@ -193,10 +193,11 @@ class TrainStep:
             loss = lax.pmean(loss, DATA) if _varying(loss, DATA) else loss
             return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
-        # XLA:CPU ran a U-Net step about 8x slower inside a rolled scan (a while loop) than
-        # unrolled or alone (0.39 vs 0.05 s, measured on a 2-core AMD EPYC): unroll there, at
-        # K times the compile time. Accelerators keep the loop (one body to compile).
-        unroll = steps_per_call if mesh.devices.flat[0].platform == "cpu" else 1
+        # XLA:CPU ran a U-Net step about 8x slower inside a rolled scan (a while loop, even
+        # of one trip) than unrolled or alone (0.39 vs 0.05 s, measured on a 2-core AMD
+        # EPYC): unroll there, at K times the compile time. Accelerators keep the loop (one
+        # body to compile) unless it has a single trip.
+        unroll = True if steps_per_call == 1 or mesh.devices.flat[0].platform == "cpu" else 1
 
         def sampled_steps(state: TrainState, data: Any) -> tuple[TrainState, dict]:
             def one(state, _):
