@@ -134,10 +134,10 @@ def resolve_on_device(setting: str, nbytes: int, share: float, device: jax.Devic
     """Whether to train from device-resident data.
 
     "yes"/"no" decide. "auto" is yes on an accelerator when the training set takes at most
-    `share` of its memory, and no on CPU: there the grain thread already overlaps the
-    step, benchmarks/loop.py measured no gain worth a change on a 2-core CPU
-    (benchmarks/results/loop-cpu.json), and the host pipeline keeps the documented CPU
-    results reproducible (the two paths draw different random streams).
+    `share` of its memory, and no on CPU: there the grain thread already runs about 110x
+    ahead of the step (benchmarks/results/pipeline_cpu.json), so in-step sampling has
+    little to win, and the host pipeline keeps the documented CPU results reproducible
+    (the two paths draw different random streams).
     """
     if setting in ("yes", "no"):
         return setting == "yes"
