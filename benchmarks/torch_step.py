@@ -19,44 +19,74 @@ import time
 import numpy as np
 
 
-def torch_step_fn(arch: str, features: int, depth: int, channels: int, lr: float = 2e-3):
+def make_twin(arch: str, features: int = 16, depth: int = 4, channels: int = 1):
+    """The PyTorch twin of `arch` (one output channel), on the CPU, in training mode."""
+    from benchmarks.torch_reference import TWINS
+
+    if arch not in TWINS:
+        raise ValueError(f"no PyTorch twin for {arch!r}")
+    cfg = {"in_channels": channels, "out_channels": 1}
+    if arch != "resunet34":  # fixed width: no features/depth
+        cfg.update(features=features, depth=depth)
+    return TWINS[arch](**cfg)
+
+
+def masked_bce_dice(logits, y, mask):
+    """unet_jax's ``bce_dice`` loss: BCE averaged over mask pixels + pooled soft Dice (smooth 1)."""
     import torch
 
-    from benchmarks.torch_reference import attention_unet, resunet, unet, unetpp
+    logits, y, mask = logits.float(), y.float(), mask.float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    bce = (bce * mask).sum() / mask.sum().clamp_min(1.0)
+    p = torch.sigmoid(logits) * mask
+    ym = y * mask
+    dice = 1 - (2 * (p * ym).sum() + 1) / (p.sum() + ym.sum() + 1)
+    return bce + dice
 
-    if arch == "unet":
-        net = unet.UNet(features, depth, channels, 1)
-    elif arch == "attention_unet":
-        net = attention_unet.AttentionUNet(features, depth, channels, 1)
-    elif arch == "unetpp":
-        net = unetpp.UNetPlusPlus(features=features, depth=depth, in_channels=channels, out_channels=1)
-    elif arch == "resunet34":
-        net = resunet.ResUNet34(in_channels=channels, out_channels=1)
-    else:
-        raise ValueError(f"no PyTorch twin for {arch!r}")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    net = net.to(device).to(memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
 
-    def loss_fn(logits, y):
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
-        p = torch.sigmoid(logits)
-        dice = 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
-        return bce + dice
+def make_train_step(net, opt, *, amp: bool, device: str):
+    """``step(x, y, mask) -> loss`` (a device tensor, not synchronised): one AdamW step.
 
-    def step(x, y):
+    `amp`: forward under bfloat16 autocast (the loss in float32), as the JAX bf16 policy.
+    """
+    import torch
+
+    def step(x, y, mask):
         opt.zero_grad(set_to_none=True)
-        out = net(x)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=amp):
+            out = net(x)
         heads = out if isinstance(out, (list, tuple)) else [out]
-        loss = sum(loss_fn(h, y) for h in heads) / len(heads)
+        loss = sum(masked_bce_dice(h, y, mask) for h in heads) / len(heads)
         loss.backward()
         opt.step()
-        return loss.item()  # synchronises
+        return loss.detach()
 
-    def to_dev(a):
-        return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last).to(device)
+    return step
 
-    return step, to_dev, device, torch.__version__
+
+def torch_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def to_torch(a: np.ndarray, device: str):
+    """NHWC numpy -> NCHW channels-last tensor on `device`."""
+    import torch
+
+    return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last).to(device)
+
+
+def torch_step_fn(arch: str, features: int, depth: int, channels: int, lr: float = 2e-3):
+    """(step(x, y) -> float loss (synchronised), to_dev, device, torch version): eager, channels-last."""
+    import torch
+
+    device = torch_device()
+    net = make_twin(arch, features, depth, channels).to(device).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    step = make_train_step(net, opt, amp=False, device=device)
+    return (lambda x, y: step(x, y, torch.ones_like(y)).item()), (lambda a: to_torch(a, device)), device, \
+        torch.__version__
 
 
 def main() -> None:

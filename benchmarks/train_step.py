@@ -23,23 +23,37 @@ from unet_jax.training.state import create_train_state
 from unet_jax.training.steps import train_step
 
 
-def setup(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_size=32, loss="bce_dice",
-          upsample="transpose"):
-    """(jitted step, state, device batch) for a synthetic batch with ~12% foreground."""
+def model_kwargs(arch: str, features: int = 16, depth: int = 4, channels: int = 1,
+                 upsample: str = "transpose") -> dict:
+    """`models.create` keyword arguments (fixed-width networks, resunet34, take no width/depth)."""
     cfg = {"in_channels": channels, "out_channels": 1}
-    if "features" in models.options(arch):  # fixed-width networks (resunet34) have none
+    if "features" in models.options(arch):
         cfg.update(features=features, depth=depth, upsample=upsample)
-    model = models.create(arch, **cfg)
-    state = create_train_state(model, TrainConfig(), (1, patch_size, patch_size, channels), jax.random.key(0))
-    rng = np.random.default_rng(0)
+    return cfg
+
+
+def synthetic_batch(batch_size: int, patch_size: int, channels: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """A float32 batch: uniform images, ~12% foreground labels, an all-ones mask."""
+    rng = np.random.default_rng(seed)
     shape = (batch_size, patch_size, patch_size)
-    batch = {
+    return {
         "image": rng.random(shape + (channels,), np.float32),
         "label": (rng.random(shape + (1,)) < 0.12).astype(np.float32),
         "mask": np.ones(shape + (1,), np.float32),
     }
+
+
+def setup(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_size=32, loss="bce_dice",
+          upsample="transpose", dtype=None):
+    """(jitted step donating its state, state, host batch) for a synthetic batch with ~12% foreground.
+
+    `dtype` is the model's computation dtype (None: float32; jnp.bfloat16: the engine's
+    bf16 policy, float32 parameters and loss).
+    """
+    model = models.create(arch, dtype=dtype, **model_kwargs(arch, features, depth, channels, upsample))
+    state = create_train_state(model, TrainConfig(), (1, patch_size, patch_size, channels), jax.random.key(0))
     step = jax.jit(functools.partial(train_step, loss_fn=losses.get_loss(loss)), donate_argnums=0)
-    return step, state, batch
+    return step, state, synthetic_batch(batch_size, patch_size, channels)
 
 
 def measure(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_size=32, steps=30, loss="bce_dice",

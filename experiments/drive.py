@@ -54,7 +54,7 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
         model=cli.model_config(a),
         data=DataConfig(dataset="synthetic" if a.synthetic else "drive", options=options, preprocess=pre,
                         augment=cli.augment_config(a), patch_size=a.patch_size, foreground_bias=a.foreground_bias,
-                        val_size=a.val_size, workers=a.workers),
+                        val_size=a.val_size, workers=a.workers, on_device=a.data_on_device),
         train=cli.train_config(a),
     )
     return cfg, data.get(cfg.data.dataset, preprocess=pre, **options)

@@ -70,7 +70,7 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
         model=cli.model_config(a),
         data=DataConfig(dataset="folder", options=options, preprocess=pre, augment=cli.augment_config(a),
                         patch_size=patch, foreground_bias=a.foreground_bias, val_size=a.val_size,
-                        workers=a.workers, cache_mb=a.cache_mb),
+                        workers=a.workers, cache_mb=a.cache_mb, on_device=a.data_on_device),
         train=cli.train_config(a),
     )
     return cfg, dataset.with_preprocess(pre)

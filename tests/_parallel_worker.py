@@ -54,6 +54,32 @@ def train(state, batches, cfg, mesh):
     return np.concatenate([np.ravel(x).astype(np.float64) for x in leaves]), stats
 
 
+def train_on_device(state, cfg, mesh):
+    """fit() with device-resident data (4 random 40x40 images), 2 steps per call; as `train`."""
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    from unet_jax import losses
+    from unet_jax.data.base import Example, InMemorySource
+    from unet_jax.data.device_sampler import DeviceSampler, prepare_device_data, sampler_key
+    from unet_jax.training.loop import fit
+
+    rng = np.random.default_rng(1)
+    examples = []
+    for i in range(4):
+        image = rng.random((40, 40, 1), np.float32)
+        examples.append(Example(str(i), image, (image[..., 0] > 0.6).astype(np.uint8),
+                                (rng.random((40, 40)) < 0.9).astype(np.uint8)))
+    data = prepare_device_data(InMemorySource(examples), PATCH)
+    cfg = dataclasses.replace(cfg, steps_per_call=2)
+    state, stats = fit(state.replace(data_rng=sampler_key(0)), data, cfg=cfg, loss_fn=losses.bce_dice_loss,
+                       progress=False, mesh=mesh, sampler=DeviceSampler(patch_size=PATCH, foreground_bias=0.5))
+    leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
+    return np.concatenate([np.ravel(x).astype(np.float64) for x in leaves]), stats
+
+
 def main(out_dir: str, n: int) -> None:
     import contextlib
     import functools
@@ -76,6 +102,8 @@ def main(out_dir: str, n: int) -> None:
     p_sync, s_sync = train(synced, batches, cfg, mesh)  # fit copies the state: `state` stays valid
     p_local, _ = train(state, batches, cfg, mesh)
     p_one, s_one = train(state, batches, cfg, parallel.make_data_mesh(jax.devices()[:1]))
+    p_dev_sync, s_dev = train_on_device(synced, cfg, mesh)
+    p_dev_one, _ = train_on_device(state, cfg, parallel.make_data_mesh(jax.devices()[:1]))
     # The plain single-device step (no mesh, no shard_map) on the first device.
     step = jax.jit(functools.partial(train_step, loss_fn=losses.bce_dice_loss))
     for b in batches:
@@ -84,7 +112,8 @@ def main(out_dir: str, n: int) -> None:
     p_plain = np.concatenate([np.ravel(x).astype(np.float64) for x in leaves])
 
     facts = {"devices": n, "traces": s_sync.step_traces, "cache_size": s_sync.step_cache_size,
-             "traces_one": s_one.step_traces, "cache_size_one": s_one.step_cache_size}
+             "traces_one": s_one.step_traces, "cache_size_one": s_one.step_cache_size,
+             "traces_device": s_dev.step_traces, "cache_size_device": s_dev.step_cache_size}
     try:
         train(state, [{k: v[:6] for k, v in b.items()} for b in batches], cfg.__class__(steps=2, batch_size=6), mesh)
     except ValueError as e:
@@ -97,7 +126,8 @@ def main(out_dir: str, n: int) -> None:
                                       "--workdir", os.path.join(out_dir, "never")])
     facts["cli_err"] = err.getvalue()
     facts["cli_workdir_created"] = os.path.exists(os.path.join(out_dir, "never"))
-    np.savez(os.path.join(out_dir, "params.npz"), sync=p_sync, local=p_local, one=p_one, plain=p_plain)
+    np.savez(os.path.join(out_dir, "params.npz"), sync=p_sync, local=p_local, one=p_one, plain=p_plain,
+             device_sync=p_dev_sync, device_one=p_dev_one)
     with open(os.path.join(out_dir, "facts.json"), "w") as f:
         json.dump(facts, f)
 

@@ -13,6 +13,26 @@ TINY = ["--synthetic", "--features", "4", "--depth", "2", "--patch-size", "32", 
         "--warmup-steps", "2", "--steps", "8", "--eval-every", "4", "--log-every", "4", "--no-progress"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory):
+    """One persistent XLA cache for the whole session: many tests build the same tiny
+    models and steps, and a cached executable is the one compiled before (results do not
+    change; only compile time is saved). The process's settings are restored afterwards."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    old = {k: getattr(jax.config, k) for k in keys}
+    for k, v in zip(keys, (str(tmp_path_factory.mktemp("xla_cache")), 0, 0)):
+        jax.config.update(k, v)
+    cc.reset_cache()
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+    cc.reset_cache()
+
+
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory) -> Path:
     """A tiny finished training run, trained once per session (test_predict, test_app)."""
@@ -23,8 +43,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def predictor(run_dir):
-    """``load_predictor(run_dir)`` (its best checkpoint), loaded once per session: each load
-    compiles the model's initialisation again, which takes seconds on a 2-core CPU."""
+    """``load_predictor(run_dir)`` (its best checkpoint), loaded once per session."""
     from unet_jax.predictor import load_predictor
 
     return load_predictor(run_dir)

@@ -30,28 +30,6 @@ def tiny_data(monkeypatch):
     monkeypatch.setattr(data, "get", lambda name, **kw: data.SyntheticDrive(4, 2, size=(96, 96), **kw))
 
 
-@pytest.fixture
-def compile_cache(tmp_path):
-    """A persistent XLA cache for this test: its three runs compile the same programs.
-
-    Test speed only (a cached executable is the one compiled before, so results do not
-    change); the process's cache settings are restored afterwards.
-    """
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    old = {k: getattr(jax.config, k) for k in keys}
-    for k, v in zip(keys, (str(tmp_path / "xla_cache"), 0, 0)):
-        jax.config.update(k, v)
-    cc.reset_cache()
-    yield
-    for k, v in old.items():
-        jax.config.update(k, v)
-    cc.reset_cache()
-
-
 def _state(path: Path) -> list[np.ndarray]:
     tree = ocp.StandardCheckpointer().restore(path.resolve())
     return [np.asarray(x) for x in __import__("jax").tree.leaves(tree)]
@@ -95,7 +73,7 @@ def test_config_differences_ignore_bookkeeping_fields():
 
 
 @pytest.mark.slow
-def test_killed_mid_save_then_resumed_equals_uninterrupted(tmp_path, tiny_data, compile_cache, monkeypatch, capsys):
+def test_killed_mid_save_then_resumed_equals_uninterrupted(tmp_path, tiny_data, monkeypatch, capsys):
     # A: 12 uninterrupted steps.
     a = tmp_path / "a"
     assert drive.main(TINY + ["--workdir", str(a)]) == 0
@@ -144,3 +122,28 @@ def test_killed_mid_save_then_resumed_equals_uninterrupted(tmp_path, tiny_data, 
     assert drive.main(TINY + ["--workdir", str(b), "--resume"]) == 2
     assert "finished" in capsys.readouterr().err
 
+
+
+@pytest.mark.slow
+def test_device_resident_data_resumes_bit_exact(tmp_path, tiny_data, monkeypatch):
+    """The same with patches sampled in the step (the key is in the train state), 2 steps per call."""
+    flags = TINY + ["--data-on-device", "yes", "--steps-per-call", "2"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert drive.main(flags + ["--workdir", str(a)]) == 0
+    real_save = Checkpointer.save_latest
+
+    def crash_at_8(self, step, state, data_state=None):
+        if step == 8:
+            raise SimulatedCrash("killed while saving step 8")
+        return real_save(self, step, state, data_state)
+
+    monkeypatch.setattr(Checkpointer, "save_latest", crash_at_8)
+    with pytest.raises(SimulatedCrash):
+        drive.main(flags + ["--workdir", str(b)])
+    monkeypatch.setattr(Checkpointer, "save_latest", real_save)
+    assert drive.main(flags + ["--workdir", str(b), "--resume"]) == 0
+    ra, rb = (json.loads((w / "results.json").read_text()) for w in (a, b))
+    assert ra["data_on_device"] and rb["resumed_from_step"] == 4 and rb["train_step_compiles"] == 1
+    for x, y in zip(_state(a / "checkpoints/latest/12/state"), _state(b / "checkpoints/latest/12/state")):
+        np.testing.assert_array_equal(x, y)
+    assert ra["test"] == rb["test"] and _records(a) == _records(b)

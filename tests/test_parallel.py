@@ -35,6 +35,16 @@ def test_four_devices_with_synced_batch_norm_match_one_device(runs):
     assert np.max(np.abs(p["sync"] - p["one"])) < 1e-3
 
 
+def test_device_resident_data_on_four_devices_matches_one_device(runs):
+    """Each device samples its own slice of the global batch from the shared key: the same
+    patches as on one device, so the same training up to summation order (as above)."""
+    facts, p = runs
+    np.testing.assert_allclose(p["device_sync"], p["device_one"], rtol=1e-3, atol=5e-4)
+    assert np.max(np.abs(p["device_sync"] - p["device_one"])) < 1e-3
+    assert np.max(np.abs(p["device_sync"] - p["sync"])) > 1e-2  # other data than the host batches
+    assert (facts["traces_device"], facts["cache_size_device"]) == (1, 1)
+
+
 def test_per_device_batch_norm_differs_by_design(runs):
     _, p = runs
     # Each device normalises its 2 examples with their own statistics: a different model.

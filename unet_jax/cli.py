@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from unet_jax import losses, models
-from unet_jax.config import AugmentConfig, ConfigError, ModelConfig, RunConfig, TrainConfig
+from unet_jax.config import AugmentConfig, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
 from unet_jax.data.base import DataError, Dataset
 
 Build = Callable[[argparse.Namespace], tuple[RunConfig, Dataset]]
@@ -54,6 +54,12 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                         "device); --no-bn-sync keeps them per device")
     g.add_argument("--workers", type=int, default=0,
                    help="grain worker processes producing patches (0: a background thread of this process)")
+    g.add_argument("--data-on-device", choices=["auto", "yes", "no"], default=DataConfig().on_device,
+                   help="upload the training set to the device once and sample patches inside the jitted step "
+                        "(auto: on a GPU/TPU when it takes at most a quarter of its memory; never on CPU)")
+    g.add_argument("--steps-per-call", type=int, default=t.steps_per_call,
+                   help="optimizer steps per dispatch (device-resident data; must divide --steps, --log-every, "
+                        "--eval-every and --checkpoint-every)")
     g.add_argument("--distributed", action="store_true",
                    help="multi-process run: call jax.distributed.initialize (coordinator from "
                         "$JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID, else cluster "
@@ -90,7 +96,7 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
         steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps, optimizer=a.optimizer,
         weight_decay=a.weight_decay, loss=a.loss, seed=a.seed, eval_every=a.eval_every, log_every=a.log_every,
         threshold=a.threshold, ignore_empty=a.ignore_empty, precision=a.precision, bn_sync=a.bn_sync,
-        checkpoint_every=a.checkpoint_every, keep=a.keep,
+        checkpoint_every=a.checkpoint_every, keep=a.keep, steps_per_call=a.steps_per_call,
     )
 
 

@@ -123,6 +123,10 @@ class DataConfig:
     workers: grain worker processes producing patches (0: a thread of this process).
     cache_mb: preprocessed training images are held in memory when they fit in this
       many MB; larger sets are decoded from disk per patch, so memory stays flat.
+    on_device: "yes" uploads the training set to the device once and samples patches
+      inside the jitted step (:mod:`unet_jax.data.device_sampler`); "no" uses the host
+      pipeline; "auto" uploads on an accelerator when the set takes at most `device_share`
+      of its memory (never on CPU: see ``device_sampler.resolve_on_device``).
     """
 
     dataset: str = "drive"
@@ -134,6 +138,8 @@ class DataConfig:
     val_size: float = 2
     workers: int = 0
     cache_mb: int = 1024
+    on_device: str = "auto"
+    device_share: float = 0.25
 
     def __post_init__(self):
         _check("data", [
@@ -143,6 +149,8 @@ class DataConfig:
              "a count (0, 1, 2, ...) or a fraction in (0, 1)"),
             ("workers", self.workers >= 0, "must be >= 0"),
             ("cache_mb", self.cache_mb >= 0, "must be >= 0"),
+            ("on_device", self.on_device in ("auto", "yes", "no"), "one of auto, yes, no"),
+            ("device_share", 0 < self.device_share <= 1, "must be in (0, 1]"),
         ], self)
 
     def num_val(self, num_train: int) -> int:
@@ -194,6 +202,9 @@ class TrainConfig:
     bn_sync: bool = True  # batch-norm statistics over the global batch (False: per device)
     checkpoint_every: int = 250  # save the latest checkpoint every N steps (and at the last step)
     keep: int = 2  # latest checkpoints retained (the best-by-validation one is kept separately)
+    # Optimizer steps per dispatch (lax.scan over K steps; device-resident data only). Step
+    # counts at which something happens must be multiples of K: one program per run.
+    steps_per_call: int = 1
 
     def __post_init__(self):
         _check("train", [
@@ -211,6 +222,10 @@ class TrainConfig:
             ("precision", self.precision in ("fp32", "bf16"), "one of fp32, bf16"),
             ("checkpoint_every", self.checkpoint_every >= 1, "must be >= 1"),
             ("keep", self.keep >= 1, "must be >= 1"),
+            ("steps_per_call", self.steps_per_call >= 1 and all(
+                n % self.steps_per_call == 0
+                for n in (self.steps, self.log_every, self.eval_every, self.checkpoint_every)),
+             "must be >= 1 and divide steps, log_every, eval_every and checkpoint_every"),
         ], self)
 
 

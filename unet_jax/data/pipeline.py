@@ -57,7 +57,7 @@ __all__ = [
 Batch = dict[str, np.ndarray]
 
 
-class _Prepared:
+class PreparedExample:
     """One example ready for sampling: (H, W, C) float32 image, label, valid mask, centre pools."""
 
     __slots__ = ("image", "label", "valid", "valid_idx", "fg_idx")
@@ -133,14 +133,14 @@ class PatchSampler:
         self.clip = clip
         self._cached = None
         if isinstance(source, InMemorySource):
-            self._cached = [_Prepared(ex, self.patch_size) for ex in source.examples]
+            self._cached = [PreparedExample(ex, self.patch_size) for ex in source.examples]
             channels = {p.image.shape[-1] for p in self._cached}
             if len(channels) > 1:
                 raise ValueError(f"the training images have different channel counts: {sorted(channels)}")
         self.num_channels = int(self._prepared(0).image.shape[-1])
 
-    def _prepared(self, k: int) -> _Prepared:
-        return self._cached[k] if self._cached is not None else _Prepared(self.source[k], self.patch_size)
+    def _prepared(self, k: int) -> PreparedExample:
+        return self._cached[k] if self._cached is not None else PreparedExample(self.source[k], self.patch_size)
 
     def __call__(self, _: Any, rng: np.random.Generator) -> Batch:
         p = self.patch_size

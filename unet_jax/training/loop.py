@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from unet_jax.config import TrainConfig
+from unet_jax.data.device_sampler import DeviceData, DeviceSampler
 from unet_jax.training import parallel
 from unet_jax.training.checkpoint import Checkpointer
 from unet_jax.training.recorder import Recorder
@@ -139,23 +140,26 @@ class _TrainLog:
     def images_per_s(self) -> float:
         return self.steady_images / self.steady_time if self.steady_time > 0 else float("nan")
 
-    def check_finite(self) -> list:
+    def check_finite(self) -> tuple[list[dict], list[np.ndarray]]:
+        """The pending metrics, fetched, and per call its losses (one per step; a call of
+        K steps ends at its recorded step)."""
         fetched = jax.device_get([m for _, m in self.pending])
-        for (s, _), m in zip(self.pending, fetched):
-            loss = float(m["loss"])
-            if not np.isfinite(loss):
-                raise NonFiniteLossError(s, loss)
-        return fetched
+        losses = [np.atleast_1d(np.asarray(m["loss"], np.float64)) for m in fetched]
+        for (s, _), ls in zip(self.pending, losses):
+            for i, loss in enumerate(ls):
+                if not np.isfinite(loss):
+                    raise NonFiniteLossError(s - len(ls) + 1 + i, float(loss))
+        return fetched, losses
 
     def flush(self) -> None:
-        fetched = self.check_finite()
+        fetched, losses = self.check_finite()
         s, m = self.pending[-1][0], fetched[-1]
         ips = self.images_per_s()
         record = {
             "split": "train",
             "step": s,
-            "loss": float(np.mean([float(f["loss"]) for f in fetched])),
-            "grad_norm": float(m["grad_norm"]),
+            "loss": float(np.mean(np.concatenate(losses))),
+            "grad_norm": float(np.atleast_1d(m["grad_norm"])[-1]),
             "lr": float(self.schedule(s - 1)),
             "images_per_s": ips,
         }
@@ -185,15 +189,24 @@ def _validate(validate: Validate, state: TrainState, step: int, recorder: Record
     return summary["dice"]
 
 
-def fit(state: TrainState, batches: Iterator[dict[str, np.ndarray]], *, cfg: TrainConfig, loss_fn: LossFn,
-        recorder: Recorder | None = None, validate: Validate | None = None, progress: bool = True,
+def _repeat(item: Any) -> Iterator[Any]:
+    while True:
+        yield item
+
+
+def fit(state: TrainState, batches: Iterator[dict[str, np.ndarray]] | DeviceData, *, cfg: TrainConfig,
+        loss_fn: LossFn, recorder: Recorder | None = None, validate: Validate | None = None, progress: bool = True,
         mesh: jax.sharding.Mesh | None = None, checkpointer: Checkpointer | None = None,
-        ) -> tuple[TrainState, FitStats]:
+        sampler: DeviceSampler | None = None) -> tuple[TrainState, FitStats]:
     """Runs `cfg.steps - state.step` optimizer steps; returns the final state and timings.
 
     `batches` yields this process's share of each global batch (all of it in a
     single-process run); the step splits the global batch over `mesh` (default: every
     device). The returned state is replicated over the mesh.
+
+    With a `sampler`, `batches` is instead the whole training set (:class:`DeviceData`),
+    uploaded once and sampled inside the step from ``state.data_rng``,
+    ``cfg.steps_per_call`` steps per dispatch.
 
     Losses stay on the device between log points (no per-step host sync); at each log
     point they are fetched together and checked, so a NaN is reported at its exact step
@@ -207,21 +220,27 @@ def fit(state: TrainState, batches: Iterator[dict[str, np.ndarray]], *, cfg: Tra
     """
     mesh = mesh if mesh is not None else parallel.make_data_mesh()
     parallel.check_batch_size(cfg.batch_size, mesh)
-    step_fn = parallel.TrainStep(loss_fn, mesh)
+    k = cfg.steps_per_call
+    if sampler is None and k > 1:
+        raise ValueError("train.steps_per_call > 1 needs device-resident data (data.on_device)")
+    step_fn = parallel.TrainStep(loss_fn, mesh, sampler=sampler, batch_size=cfg.batch_size, steps_per_call=k)
     state = parallel.replicate(state, mesh)
     start_step = int(state.step)
     ckpt_time, t_loop = 0.0, time.perf_counter()
     show = progress and jax.process_index() == 0
     bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", disable=not show, dynamic_ncols=True)
     log = _TrainLog(cfg, recorder, bar)
-    it = _prefetch(batches, parallel.data_sharding(mesh))
+    if sampler is None:
+        it = _prefetch(batches, parallel.data_sharding(mesh))
+    else:
+        it = _repeat((parallel.replicate(batches, mesh), None))
     try:
         log.restart_clock()
-        for step in range(start_step + 1, cfg.steps + 1):
+        for step in range(start_step + k, cfg.steps + 1, k):  # `step`: the last step of this call
             batch, data_state = next(it)
             state, m = step_fn(state, batch)
             log.pending.append((step, m))
-            if step == start_step + 1:
+            if step == start_step + k:
                 jax.block_until_ready(m)
                 log.first_step_done()
             is_log = step % cfg.log_every == 0 or step == cfg.steps
@@ -230,8 +249,8 @@ def fit(state: TrainState, batches: Iterator[dict[str, np.ndarray]], *, cfg: Tra
             sync = is_log or is_eval or is_ckpt
             if sync:
                 jax.block_until_ready(m)
-            if step > start_step + 1:
-                log.count(int(batch["image"].shape[0]), sync)  # the global batch
+            if step > start_step + k:
+                log.count(k * cfg.batch_size, sync)  # the global batch, k times
             if is_log or is_eval:
                 log.flush()
             elif is_ckpt:
@@ -245,7 +264,7 @@ def fit(state: TrainState, batches: Iterator[dict[str, np.ndarray]], *, cfg: Tra
                 # Last: everything of this step (logs, validation, best) is done when it lands.
                 ckpt_time += _timed(checkpointer.save_latest, step, state, data_state)
                 log.restart_clock()
-            bar.update(1)
+            bar.update(k)
     finally:
         it.close()
         bar.close()

@@ -1,7 +1,7 @@
 """One training run from a config and a dataset: split, train, validate, checkpoint, test.
 
     from unet_jax import data
-    from unet_jax.config import RunConfig
+    from unet_jax.config import ConfigError, RunConfig
     from unet_jax.training import train_and_evaluate
 
     cfg = RunConfig()                                   # the DRIVE CPU recipe
@@ -35,6 +35,8 @@ from tqdm.auto import tqdm
 from unet_jax import losses, models
 from unet_jax.config import RunConfig
 from unet_jax.data.base import Dataset, InMemorySource, MappedSource, Source, Subset, source_cases
+from unet_jax.data.device_sampler import (DeviceSampler, data_nbytes, prepare_device_data, resolve_on_device,
+                                          sampler_key)
 from unet_jax.data.pipeline import make_train_iterator
 from unet_jax.evaluation import EvalResult, evaluate
 from unet_jax.training import parallel
@@ -99,6 +101,34 @@ def training_source(cfg: RunConfig, dataset: Dataset, fit_src: Source, progress:
     examples = [first] + [source[i] for i in tqdm(range(1, len(source)), desc="preparing images", unit="image",
                                                    disable=not progress or len(source) < 50, leave=False)]
     return InMemorySource(examples)
+
+
+def training_data(cfg: RunConfig, source: Source, local_batch: int,
+                  weights: np.ndarray | None = None) -> tuple[Any, DeviceSampler | None]:
+    """(batches, sampler) for :func:`unet_jax.training.loop.fit`: the grain iterator and
+    None, or the whole set as DeviceData and its in-step sampler (``cfg.data.on_device``).
+
+    `weights`: per-example sampling probabilities (None: uniform). The in-step sampler
+    draws images uniformly and knows flips in both axes, rot90 and intensity jitter only;
+    a run needing more keeps the host pipeline ("auto") or is refused ("yes").
+    """
+    d = cfg.data
+    clip = d.preprocess.normalize == "unit"
+    unsupported = [what for what, used in (
+        ("per-example sampling weights", weights is not None),
+        ("zoom or rotation augmentation", d.augment.scale > 0 or d.augment.rotate > 0),
+        ("horizontal-only flips", d.augment.flips and not d.augment.vertical_flip)) if used]
+    if unsupported and d.on_device == "yes":
+        raise ConfigError("data.on_device", d.on_device, f"the device-resident sampler has no "
+                          f"{', '.join(unsupported)}; use auto (host pipeline for this run) or no")
+    if not unsupported and resolve_on_device(d.on_device, data_nbytes(source, d.patch_size), d.device_share):
+        sampler = DeviceSampler(patch_size=d.patch_size, foreground_bias=d.foreground_bias, augment=d.augment,
+                                clip=clip)
+        return prepare_device_data(source, d.patch_size), sampler
+    return iter(make_train_iterator(
+        source, patch_size=d.patch_size, batch_size=local_batch, seed=cfg.train.seed,
+        foreground_bias=d.foreground_bias, augment=d.augment, clip=clip,
+        weights=weights, shard=(jax.process_index(), jax.process_count()), worker_count=d.workers)), None
 
 
 def initial_state(cfg: RunConfig, channels: int, num_classes: int, bn_axis_name: str | None = None) -> TrainState:
@@ -236,13 +266,11 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
                                                      "valid_region": dataset.valid_region})
 
     d = cfg.data
-    batches = iter(make_train_iterator(
-        training_source(cfg, dataset, fit_src, progress), patch_size=d.patch_size, batch_size=local_batch,
-        seed=cfg.train.seed, foreground_bias=d.foreground_bias, augment=d.augment,
-        weights=dataset.sampling_weights(fit_src),
-        clip=d.preprocess.normalize == "unit", shard=(jax.process_index(), jax.process_count()),
-        worker_count=d.workers))
+    batches, sampler = training_data(cfg, training_source(cfg, dataset, fit_src, progress), local_batch,
+                                     weights=dataset.sampling_weights(fit_src))
     state, n_params = build_state(cfg, dataset, mesh)
+    if sampler is not None:  # the sampler's key lives in the state (checkpointed, so resumes are exact)
+        state = parallel.replicate(state.replace(data_rng=sampler_key(cfg.train.seed)), mesh)
     ckpt = Checkpointer(workdir / "checkpoints", every=cfg.train.checkpoint_every, keep=cfg.train.keep, run_meta={
         "config": cfg.to_dict(), "seed": cfg.train.seed, "workers": d.workers, "devices": n_dev,
         "processes": jax.process_count()})
@@ -252,14 +280,15 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
     if is_main:
         print(f"{cfg.model.arch}: {n_params:,} parameters; {dataset.name}: {len(fit_src)} train, "
               f"{0 if val_src is None else len(val_src)} val, {len(test_src)} test images; {n_dev} device(s), "
-              f"{jax.process_count()} process(es), {cfg.train.precision}; workdir {workdir}"
+              f"{jax.process_count()} process(es), {cfg.train.precision}, "
+              f"{'device-resident' if sampler else 'host-pipeline'} data; workdir {workdir}"
               + (f"; resuming at step {start_step}" if resume else ""), flush=True)
 
     recorder = Recorder(workdir, append=resume, purge_step=start_step + 1 if resume else None) if is_main else None
     try:
         state, stats = fit(state, batches, cfg=cfg.train, loss_fn=losses.get_loss(cfg.train.loss), recorder=recorder,
                            validate=make_validator(cfg, dataset, val_src) if val_src is not None else None,
-                           progress=progress, mesh=mesh, checkpointer=ckpt)
+                           progress=progress, mesh=mesh, checkpointer=ckpt, sampler=sampler)
         ev, best_block, test_eval_s, extra = _test(parallel.local_copy(state), ckpt, cfg, dataset, test_src,
                                                    workdir, recorder, progress)
     finally:
@@ -268,7 +297,8 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
         ckpt.close()
     if not is_main:
         return {}
-    facts = {"params": n_params, "test_eval_s": test_eval_s, "total_wall_s": time.perf_counter() - t_start,
+    facts = {"params": n_params, "data_on_device": sampler is not None,
+             "test_eval_s": test_eval_s, "total_wall_s": time.perf_counter() - t_start,
              "devices": n_dev, "resumed_from_step": start_step if resume else None,
              "checkpoints": {"final": ckpt.path("latest", cfg.train.steps), "best": ckpt.path("best", ckpt.best_step)},
              **extra}

@@ -14,9 +14,12 @@ from unet_jax.config import TrainConfig
 
 
 class TrainState(train_state.TrainState):
-    """flax's TrainState plus batch-norm running statistics (empty dict without BN)."""
+    """flax's TrainState plus batch-norm running statistics (empty dict without BN) and,
+    with device-resident data, the patch sampler's raw uint32 key (None otherwise): in the
+    state, so it is checkpointed with the weights and a resumed run draws the same patches."""
 
     batch_stats: Any = None
+    data_rng: Any = None
 
 
 def make_schedule(cfg: TrainConfig) -> optax.Schedule:

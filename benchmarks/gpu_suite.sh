@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every measurement of issue 10 that needs a GPU, in ONE device run of under 10 minutes.
+# Prepare first, here: `bash benchmarks/prepare_gpu_carry.sh` (wheels the device image
+# lacks + a copy of DRIVE in the git-ignored gpu_carry/), then call the device tool `run`
+# with command `bash benchmarks/gpu_suite.sh`, carry ["gpu_carry"], timeout_s 600.
+# Results (JSON, markdown, PNG, log) are written to $OUT, which the tool brings back.
+#
+# Stages, most important first, each under `timeout` so one that overruns cannot take
+# the others down (budgets add up to 575 s):
+#   1. step_time, unet, batch 32 256x256 and batch 8 512x512, fp32 and bf16, with torch.compile
+#   2. loop.py: the real loop vs the step alone, host pipeline vs device-resident data (DRIVE)
+#   3. time_to_accuracy, unet, 60 s of training per framework (DRIVE)
+#   4. step_time, the other three architectures at batch 32 256x256, fp32 and bf16, eager only
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/gpu_suite_out}"
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_suite.log") 2>&1
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and PyTorch share the GPU
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    gpu_carry/wheels/*.whl || exit 1
+export PYTHONPATH="/tmp/site:$PWD"
+export UNET_JAX_DRIVE_DIR="$PWD/gpu_carry/data/DRIVE" UNET_JAX_TFDS_DIR=/tmp/tfds
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import jax, torch, flax, grain; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
+
+stage() {  # stage NAME SECONDS COMMAND...
+    local name=$1 secs=$2; shift 2
+    local t0=$SECONDS
+    timeout --signal=TERM --kill-after=10 "$secs" "$@"
+    echo "== stage $name: exit $? after $((SECONDS - t0)) s (budget $secs s)"
+}
+
+stage step_time_unet 190 python3 -m benchmarks.step_time --all --archs unet --points 32x256,8x512 \
+    --precision fp32 bf16 --steps 30 --warmup 5 --out "$OUT/step_time-unet.json"
+stage loop 90 python3 -m benchmarks.loop --steps 300 --rounds 2 --out "$OUT/loop.json"
+stage time_to_accuracy 185 python3 -m benchmarks.time_to_accuracy --arch unet --max-seconds 60 \
+    --eval-every 100 --out "$OUT/time_to_accuracy-unet.json"
+stage step_time_others 110 python3 -m benchmarks.step_time --all --archs attention_unet,unetpp,resunet34 \
+    --points 32x256 --precision fp32 bf16 --steps 20 --warmup 3 --no-compile --out "$OUT/step_time-others.json"
+ls -la "$OUT"
