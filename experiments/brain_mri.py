@@ -110,7 +110,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None, workdir: str | Path 
     """A trained LGG run evaluated on every patient of `data_dir`; results in a new `workdir`."""
     from unet_jax.data.lgg import resolve_lgg_dir
     from unet_jax.evaluation import evaluate
-    from unet_jax.predictor import PredictorError, load_predictor
+    from unet_jax.predictor import PredictorError, load_run_state
     from unet_jax.training.loop import make_predict_fn
     from unet_jax.workdir import atomic_write_csv, atomic_write_json, prepare_workdir
 
@@ -124,7 +124,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None, workdir: str | Path 
     options = {**cfg.data.options, "root": str(resolve_lgg_dir(data_dir)), "split": "all", "folds": None,
                "fold": None, "patients": None}
     dataset = data.get("lgg", preprocess=cfg.data.preprocess, progress=progress, **options)
-    state = load_predictor(run_dir, which=which).state
+    state = load_run_state(run_dir, which=which)[2]
     workdir = Path(workdir or f"runs/lgg-eval-{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     prepare_workdir(workdir, overwrite=overwrite)
     reporter = dataset.test_reporter(workdir, ignore_empty=cfg.train.ignore_empty)

@@ -32,7 +32,7 @@ from unet_jax.training.run import initial_state
 from unet_jax.training.state import TrainState
 from unet_jax.training.steps import eval_step
 
-__all__ = ["AUTO_WINDOW_PIXELS", "PredictorError", "Predictor", "load_predictor"]
+__all__ = ["AUTO_WINDOW_PIXELS", "PredictorError", "Predictor", "load_predictor", "load_run_state"]
 
 # Above this many pixels (after --scale), the whole image is predicted window by window.
 AUTO_WINDOW_PIXELS = 2048 * 2048
@@ -111,8 +111,9 @@ def _read_json(path: Path, what: str) -> dict:
     return json.loads(path.read_text())
 
 
-def load_predictor(workdir: str | Path, which: Literal["best", "final"] = "best") -> Predictor:
-    """Rebuilds the run in `workdir` and restores its weights.
+def load_run_state(workdir: str | Path, which: Literal["best", "final"] = "best") -> tuple[RunConfig, dict, TrainState]:
+    """``(config, dataset facts, restored TrainState)`` of the run in `workdir`, for any
+    dataset (volume datasets evaluate with it; :func:`load_predictor` wraps it for images).
 
     `which`: "best" (by validation Dice; falls back to "final" with a note when the run
     had no validation set) or "final" (the latest checkpoint: the final step of a finished
@@ -122,11 +123,6 @@ def load_predictor(workdir: str | Path, which: Literal["best", "final"] = "best"
     if which not in ("best", "final"):
         raise PredictorError(f"which must be 'best' or 'final', got {which!r}")
     cfg = RunConfig.from_dict(_read_json(workdir / "config.json", "the run's configuration"))
-    how = data.dataset_class(cfg.data.dataset).volume_preprocessing
-    if how is not None:
-        raise PredictorError(f"{workdir} was trained on {cfg.data.dataset!r}, whose preprocessing uses whole "
-                             f"volumes (crop box, intensity statistics of every slice), so single images cannot "
-                             f"be predicted faithfully; evaluate it with {how}")
     info = _read_json(workdir / "dataset.json", "its classes and channels; runs made before dataset.json "
                                                "existed cannot be loaded")
     # Restoring needs only shapes, dtypes and placement: abstract them instead of compiling
@@ -143,4 +139,20 @@ def load_predictor(workdir: str | Path, which: Literal["best", "final"] = "best"
             raise PredictorError(f"{workdir / 'checkpoints'} holds no checkpoint yet") from None
         print(f"note: {workdir} has no best checkpoint (no validation set); using the final one", flush=True)
         state = load_state(workdir, template, which="latest")
+    return cfg, info, state
+
+
+def load_predictor(workdir: str | Path, which: Literal["best", "final"] = "best") -> Predictor:
+    """Rebuilds the run in `workdir` and restores its weights (see :func:`load_run_state`).
+
+    Runs of datasets whose preprocessing needs the whole volume (LGG, NIfTI) are refused
+    with the command that evaluates them.
+    """
+    cfg = RunConfig.from_dict(_read_json(Path(workdir) / "config.json", "the run's configuration"))
+    how = data.dataset_class(cfg.data.dataset).volume_preprocessing
+    if how is not None:
+        raise PredictorError(f"{workdir} was trained on {cfg.data.dataset!r}, whose preprocessing uses whole "
+                             f"volumes (crop box, intensity statistics of every slice), so single images cannot "
+                             f"be predicted faithfully; evaluate it with {how}")
+    cfg, info, state = load_run_state(workdir, which)
     return Predictor(cfg=cfg, num_classes=int(info["num_classes"]), step=int(state.step), state=state)
