@@ -1,7 +1,7 @@
 """One training run from a config and a dataset: split, train, validate, checkpoint, test.
 
     from unet_jax import data
-    from unet_jax.config import ConfigError, RunConfig
+    from unet_jax.config import RunConfig
     from unet_jax.training import train_and_evaluate
 
     cfg = RunConfig()                                   # the DRIVE CPU recipe
@@ -33,7 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from unet_jax import losses, models
-from unet_jax.config import RunConfig
+from unet_jax.config import ConfigError, RunConfig
 from unet_jax.data.base import Dataset, InMemorySource, MappedSource, Source, Subset, source_cases
 from unet_jax.data.device_sampler import (DeviceSampler, data_nbytes, prepare_device_data, resolve_on_device,
                                           sampler_key)
@@ -75,16 +75,13 @@ def split_train_val(cfg: RunConfig, train: Source) -> tuple[Source, Source | Non
     its own case) examples are held out exactly as before.
     """
     cases = source_cases(train)
-    if cases is not None and len(set(cases)) < len(cases):
-        unique = list(dict.fromkeys(cases))
-        n_val = cfg.data.num_val(len(unique))
-        order = np.random.default_rng(cfg.train.seed).permutation(len(unique))
-        val_cases = {unique[i] for i in order[:n_val].tolist()}
-        val_idx = {i for i, c in enumerate(cases) if c in val_cases}
-    else:
-        n_val = cfg.data.num_val(len(train))
-        order = np.random.default_rng(cfg.train.seed).permutation(len(train))
-        val_idx = set(order[:n_val].tolist())
+    if cases is None or len(set(cases)) == len(cases):
+        cases = list(range(len(train)))  # each example its own case: the same draw as ever
+    unique = list(dict.fromkeys(cases))
+    n_val = cfg.data.num_val(len(unique))
+    order = np.random.default_rng(cfg.train.seed).permutation(len(unique))
+    val_cases = {unique[i] for i in order[:n_val].tolist()}
+    val_idx = {i for i, c in enumerate(cases) if c in val_cases}
     fit_src = Subset(train, [i for i in range(len(train)) if i not in val_idx])
     val_src = Subset(train, [i for i in range(len(train)) if i in val_idx]) if n_val else None
     return fit_src, val_src
