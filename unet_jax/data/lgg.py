@@ -182,8 +182,9 @@ class _Volume:
         self.mean = np.zeros(3, np.float32)
         self.std = np.ones(3, np.float32)
 
-    def geometry(self, image: np.ndarray, size: int | None, crop: bool, interpolation: int) -> np.ndarray:
-        """Threshold, crop, pad to a square and resize one (H, W[, C]) slice."""
+    def geometry(self, image: np.ndarray, size: int | None, interpolation: int) -> np.ndarray:
+        """Crop to the box (the whole slice without cropping), pad to a square and resize
+        one (H, W[, C]) slice."""
         y0, y1, x0, x1 = self.box
         a = image[y0:y1, x0:x1]
         h, w = a.shape[:2]
@@ -360,7 +361,7 @@ class LggDataset(Dataset):
         x = image.astype(np.float32)
         if self.crop:
             x[x < vol.threshold] = 0.0  # the reference zeroes what is below 10% of the maximum
-        return vol.geometry(x, self.preprocessing.image_size, self.crop, cv2.INTER_CUBIC)
+        return vol.geometry(x, self.preprocessing.image_size, cv2.INTER_CUBIC)
 
     def _rescale(self, vol: _Volume, x: np.ndarray) -> np.ndarray:
         span = vol.hi - vol.lo
@@ -402,7 +403,7 @@ class LggDataset(Dataset):
             x = (x - vol.mean) / vol.std
         elif not self.rescale:
             x = x / np.float32(255.0)
-        label = vol.geometry(np.asarray(example.label, np.uint8), self.preprocessing.image_size, self.crop,
+        label = vol.geometry(np.asarray(example.label, np.uint8), self.preprocessing.image_size,
                              cv2.INTER_NEAREST)
         return example.replace(image=np.ascontiguousarray(x, np.float32), label=label, valid=None)
 
