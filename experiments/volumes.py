@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-mb", type=int, default=DataConfig().cache_mb)
     cli.add_augment_args(g)
     cli.add_training_args(p)
+    p.set_defaults(select="dice_per_case_mean")  # best checkpoint by the validation volumes' mean Dice
     return p
 
 

@@ -107,3 +107,27 @@ def test_nan_loss_stops_at_its_step():
     with pytest.raises(NonFiniteLossError, match="step 5") as e:
         fit(state, batches, cfg=cfg, loss_fn=losses.bce_loss, progress=False)
     assert e.value.step == 5
+
+
+@pytest.mark.parametrize("select, best", [("dice", 1), ("dice_per_case_mean", 2)])
+def test_the_selected_validation_figure_chooses_the_best_checkpoint(tmp_path, select, best):
+    from unet_jax.training.checkpoint import Checkpointer
+
+    model = models.create("unet", features=2, depth=1, in_channels=1)
+    cfg = TrainConfig(steps=4, batch_size=2, log_every=1, eval_every=1, warmup_steps=1, select=select)
+    state = create_train_state(model, cfg, (1, 8, 8, 1), jax.random.key(0))
+    ones = np.ones((2, 8, 8, 1), np.float32)
+    batch = {"image": ones, "label": ones, "mask": ones}
+    figures = iter([(0.9, 0.1), (0.5, 0.8), (0.6, 0.3), (0.7, 0.2)])  # (pooled, per-case mean) at steps 1..4
+
+    def validate(_):
+        pooled, per_case = next(figures)
+        return {"dice": pooled, "dice_per_case_mean": per_case}, None
+
+    ckpt = Checkpointer(tmp_path / "checkpoints", every=4, keep=1)
+    fit(state, iter([batch] * 4), cfg=cfg, loss_fn=losses.bce_loss, progress=False, validate=validate,
+        checkpointer=ckpt)
+    assert ckpt.best_step == best
+    ckpt.close()
+    with pytest.raises(ValueError, match="select"):
+        TrainConfig(select="auc")

@@ -20,6 +20,7 @@ from PIL import Image
 from unet_jax import data, metrics
 from unet_jax.config import AugmentConfig, DataConfig, PreprocessConfig, RunConfig
 from unet_jax.data import DataError, Example, InMemorySource
+from unet_jax.data.imageio import read_mask
 from unet_jax.data.lgg import LggDataset, fold_patients, list_patients, make_patient_split
 from unet_jax.data.pipeline import PatchSampler
 from unet_jax.training.run import split_train_val
@@ -391,3 +392,41 @@ def test_few_step_run_on_three_patients_writes_results_dsc_and_gifs(tmp_path):
     for key in ("dice", "dice_per_case_mean", "sensitivity", "num_images"):
         assert ev["test"][key] == pytest.approx(results["test"][key], abs=1e-6)
     assert brain_mri.main(["--evaluate", str(tmp_path / "nowhere"), "--data-dir", str(root)]) == 2
+    _predict_patient_folders(run, other, split["test"][0], tmp_path)
+
+
+def _predict_patient_folders(run: Path, folder: Path, patient: str, tmp_path: Path) -> None:
+    """``unet_jax.predict`` on a folder of patient folders: the final weights give the run's
+    own test probabilities (PNG grey levels: rounding alone allows one level), Dice of the
+    written masks is the summary's; without masks beside the slices, the same masks and
+    no scores."""
+    from unet_jax import predict
+
+    out = tmp_path / "pred"
+    assert predict.main(["--run", str(run), "--which", "final", str(folder), "--output", str(out),
+                         "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    saved = sorted((run / "predictions").glob(f"{patient}_*_prob.png"))
+    assert summary["labelled"] and summary["volumes"] == 1 and summary["slices"] == len(saved) > 0
+    for f in saved:
+        mine = read_mask(out / patient / f.name).astype(int)
+        assert mine.shape == (256, 256) and np.abs(mine - read_mask(f).astype(int)).max() <= 1
+    numbers = [int(f.name.split("_")[-2]) for f in saved]
+    pred = np.stack([read_mask(out / patient / f"{patient}_{k}_pred.png") > 0 for k in numbers])
+    label = np.stack([read_mask(LGG_DIR / patient / f"{patient}_{k}_mask.tif") > 0 for k in numbers])
+    if label.any():
+        assert summary["per_volume"]["dice_per_volume_mean"] == pytest.approx(_set_dice(pred, label, True))
+    bare = tmp_path / "bare" / patient  # the slices alone: a patient folder given directly
+    bare.mkdir(parents=True)
+    for f in (LGG_DIR / patient).glob("*.tif"):
+        if not f.stem.endswith("_mask"):
+            (bare / f.name).symlink_to(f.resolve())
+    assert predict.main(["--run", str(run), "--which", "final", str(bare), "--output", str(tmp_path / "bare_pred"),
+                         "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "bare_pred" / "summary.json").read_text())
+    assert not summary["labelled"] and "test" not in summary
+    for k in numbers:
+        name = f"{patient}/{patient}_{k}_pred.png"
+        np.testing.assert_array_equal(read_mask(tmp_path / "bare_pred" / name), read_mask(out / name))
+    assert (tmp_path / "bare_pred" / "gifs" / f"{patient}.gif").is_file()
+    assert predict.main(["--run", str(run), str(bare / f"{patient}_1.tif"), "--output", str(tmp_path / "x")]) == 2

@@ -131,3 +131,50 @@ def test_chunked_reading_gives_every_slice_in_any_order(tmp_path):
         np.testing.assert_array_equal(ex.label, label[..., k])
         for c, j in enumerate(range(k - 2, k + 3)):
             np.testing.assert_array_equal(ex.image[..., c], image[..., min(max(j, 0), 39)])
+
+
+@pytest.mark.slow
+def test_a_trained_run_predicts_volumes_as_nifti_on_the_inputs_grid(tmp_path):
+    """``unet_jax.predict`` on a NIfTI run: the final weights give the run's own test
+    probabilities, written as NIfTI with the input's shape and affine; Dice of the written
+    label volume is the summary's; without --labels the same volumes and no scores. The
+    run refuses single images (the app and ``Predictor(image)``)."""
+    from experiments import volumes as volumes_cli
+    from unet_jax import app, predict
+    from unet_jax.data.imageio import read_mask
+    from unet_jax.predictor import PredictorError, load_predictor
+
+    affine = np.array([[0, -0.7, 0, 10], [0.7, 0, 0, -5], [0, 0, 2.5, 3], [0, 0, 0, 1]], float)
+    vols = write_volumes(tmp_path / "vol", n=3, shape=(16, 16, 4), affine=affine)
+    run = tmp_path / "run"
+    assert volumes_cli.main(["--root", str(tmp_path / "vol"), "--window", "-100,400", "--context", "1",
+                             "--patch-size", "16", "--features", "4", "--depth", "2", "--steps", "2",
+                             "--batch-size", "2", "--eval-every", "2", "--no-progress", "--workdir", str(run)]) == 0
+    (case,) = json.loads((run / "results.json").read_text())["data"]["test_volumes"]
+    image_file = tmp_path / "vol" / "imagesTr" / f"{case}.nii.gz"
+    out = tmp_path / "pred"
+    assert predict.main(["--run", str(run), "--which", "final", str(image_file), "--labels",
+                         str(tmp_path / "vol" / "labelsTr"), "--output", str(out), "--no-progress"]) == 0
+    pred_img, prob_img = nib.load(out / f"{case}_pred.nii.gz"), nib.load(out / f"{case}_prob.nii.gz")
+    np.testing.assert_allclose(pred_img.affine, affine, atol=1e-6)
+    pred, prob = np.asarray(pred_img.dataobj), np.asarray(prob_img.dataobj)
+    assert pred.shape == (16, 16, 4) and pred.dtype == np.uint8 and prob.shape == (16, 16, 4, 2)
+    for k in range(4):  # the run's PNG holds round(255 (1 - p0)); ours round(255 p1), round(255 p2): 2 levels
+        saved = read_mask(run / "predictions" / f"{case}_{k:04d}_prob.png").astype(int)
+        assert np.abs(prob[..., k, :].astype(int).sum(-1) - saved).max() <= 2
+    label = vols[case][1]
+    summary = json.loads((out / "summary.json").read_text())
+    for c in (1, 2):
+        p, y = set(zip(*np.nonzero(pred == c))), set(zip(*np.nonzero(label == c)))
+        assert summary["per_volume"][f"dice_class{c}_per_volume_mean"] == pytest.approx(
+            2 * len(p & y) / (len(p) + len(y)))
+    bare = tmp_path / "bare"
+    assert predict.main(["--run", str(run), "--which", "final", str(image_file.parent), "--output", str(bare),
+                         "--no-progress"]) == 0
+    assert not json.loads((bare / "summary.json").read_text())["labelled"]
+    np.testing.assert_array_equal(np.asarray(nib.load(bare / f"{case}_pred.nii.gz").dataobj), pred)
+    assert len(list(bare.glob("*_pred.nii.gz"))) == 3  # a folder: every volume in it
+    with pytest.raises(PredictorError, match="whole volumes.*unet_jax.predict"):
+        load_predictor(run)(np.zeros((16, 16), np.uint8))
+    assert app.main(["--run", str(run)]) == 2
+    assert predict.main(["--run", str(run), str(image_file), "--labels", str(tmp_path), "--output", str(bare)]) == 2

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from unet_jax import metrics, predict
-from unet_jax.config import DataConfig, PreprocessConfig, RunConfig
 from unet_jax.data import get as get_dataset
 from unet_jax.data.imageio import read_image, read_mask
 from unet_jax.predictor import PredictorError, load_predictor
@@ -45,15 +44,6 @@ def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(PredictorError, match="config.json is missing"):
         load_predictor(tmp_path)
     assert predict.main(["--run", str(tmp_path), str(tmp_path), "--output", str(tmp_path / "o")]) == 2
-
-
-@pytest.mark.parametrize("dataset, how", [("lgg", "experiments.brain_mri --evaluate"), ("nifti", "experiments.volumes")])
-def test_a_run_with_per_volume_preprocessing_says_how_to_evaluate_it(tmp_path, dataset, how):
-    cfg = RunConfig(data=DataConfig(dataset=dataset, preprocess=PreprocessConfig(channels="rgb", clahe=False)))
-    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
-    (tmp_path / "dataset.json").write_text(json.dumps({"name": dataset, "num_classes": 2, "channels": 3}))
-    with pytest.raises(PredictorError, match=f"whole volumes.*{how}"):
-        load_predictor(tmp_path)
 
 
 @pytest.mark.slow

@@ -297,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     except (PredictorError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if predictor.volume_preprocessing is not None:
+        print(f"error: {args.run} was trained on {predictor.cfg.data.dataset!r}, whose preprocessing uses whole "
+              f"volumes: the page segments single images; this run predicts {predictor.volume_preprocessing}",
+              file=sys.stderr)
+        return 2
     options = dict(tta={"none": False, "flip": True, "flip8": 8}[args.tta], window=args.window,
                    overlap=args.overlap, scale=args.scale)
     # Compile now (at one size) so that a broken run fails here, not on the first upload.

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from unet_jax import losses, models
-from unet_jax.config import AugmentConfig, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
+from unet_jax.config import (SELECT_METRICS, AugmentConfig, ConfigError, DataConfig, ModelConfig, RunConfig,
+                             TrainConfig)
 from unet_jax.data.base import DataError, Dataset
 
 Build = Callable[[argparse.Namespace], tuple[RunConfig, Dataset]]
@@ -45,6 +46,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ignore-empty", action=argparse.BooleanOptionalAction, default=t.ignore_empty,
                    help="per-case Dice/IoU/sensitivity leave out cases whose label is empty (MONAI's convention); "
                         "--no-ignore-empty scores them 1 when nothing is predicted, else 0")
+    g.add_argument("--select", choices=list(SELECT_METRICS), default=t.select,
+                   help="validation figure that chooses the best checkpoint: pooled Dice, or the mean of the "
+                        "per-case (per-patient, per-volume) Dice")
     g = p.add_argument_group("throughput")
     g.add_argument("--precision", choices=["fp32", "bf16"], default=t.precision,
                    help="bf16: activations and convolutions in bfloat16; parameters, optimizer state and the "
@@ -95,7 +99,7 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps, optimizer=a.optimizer,
         weight_decay=a.weight_decay, loss=a.loss, seed=a.seed, eval_every=a.eval_every, log_every=a.log_every,
-        threshold=a.threshold, ignore_empty=a.ignore_empty, precision=a.precision, bn_sync=a.bn_sync,
+        threshold=a.threshold, ignore_empty=a.ignore_empty, select=a.select, precision=a.precision, bn_sync=a.bn_sync,
         checkpoint_every=a.checkpoint_every, keep=a.keep, steps_per_call=a.steps_per_call,
     )
 

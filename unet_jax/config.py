@@ -182,6 +182,9 @@ class ModelConfig:
         ], self)
 
 
+SELECT_METRICS = ("dice", "dice_per_case_mean")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1500
@@ -198,6 +201,9 @@ class TrainConfig:
     log_every: int = 25
     threshold: float = 0.5  # binary tasks: probability threshold of the masks
     ignore_empty: bool = True  # per-case Dice leaves out cases without foreground (MONAI's convention)
+    # The validation figure that chooses the best checkpoint: "dice" (every validation pixel
+    # pooled) or "dice_per_case_mean" (the mean of each case's Dice: per-patient figures).
+    select: str = "dice"
     precision: str = "fp32"  # fp32 | bf16 (bf16 activations/convs; float32 params, optimizer, loss)
     bn_sync: bool = True  # batch-norm statistics over the global batch (False: per device)
     checkpoint_every: int = 250  # save the latest checkpoint every N steps (and at the last step)
@@ -219,6 +225,7 @@ class TrainConfig:
             ("eval_every", self.eval_every >= 1, "must be >= 1"),
             ("log_every", self.log_every >= 1, "must be >= 1"),
             ("threshold", 0 < self.threshold < 1, "must be in (0, 1)"),
+            ("select", self.select in SELECT_METRICS, f"one of {', '.join(SELECT_METRICS)}"),
             ("precision", self.precision in ("fp32", "bf16"), "one of fp32, bf16"),
             ("checkpoint_every", self.checkpoint_every >= 1, "must be >= 1"),
             ("keep", self.keep >= 1, "must be >= 1"),

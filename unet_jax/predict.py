@@ -12,6 +12,19 @@ within --fov-masks when given). Labels and FOV masks pair with an image by file 
 a common suffix (``_mask``, ``_manual1``, ...) or by the stem's first ``_``-separated part
 (DRIVE's ``01_test.tif`` and ``01_manual1.gif``). Architecture, preprocessing, classes and
 threshold come from the run; nothing the training fixed is asked again.
+
+Runs trained on volumes predict volumes, preprocessed as in training (statistics of the
+whole volume), and write them in the input's own format:
+
+    python -m unet_jax.predict --run runs/lgg-unet PATIENT_FOLDER... --output preds/   # LGG
+    python -m unet_jax.predict --run runs/liver volume.nii.gz --labels labelsTs/ --output preds/
+
+LGG: patient folders (``<patient>_<n>.tif``), or folders of them; writes
+``<patient>/<patient>_<n>_pred.png`` (0/255), ``_prob.png``, ``_overlay.png`` and
+``gifs/<patient>.gif``; when every slice has its ``_mask.tif``, per-patient Dice
+(``per_volume.csv``, ``dsc.png``, summary.json). NIfTI: volumes or folders of them; writes
+``<case>_pred.nii.gz`` and ``<case>_prob.nii.gz`` on the input's grid with its affine;
+--labels (a folder of label volumes of the same names) adds per-volume Dice.
 """
 
 from __future__ import annotations
@@ -72,11 +85,13 @@ def find_partner(stem: str, folder: Path, what: str) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m unet_jax.predict", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("inputs", nargs="+", help="image files or folders of images")
+    p.add_argument("inputs", nargs="+", help="image files or folders of images; for runs trained on volumes, "
+                                             "LGG patient folders or NIfTI volumes (or folders of them)")
     p.add_argument("--run", required=True, help="the training run's folder (its --workdir)")
     p.add_argument("--output", required=True, help="folder for the predictions")
     p.add_argument("--which", choices=["best", "final"], default="best", help="which checkpoint of the run")
-    p.add_argument("--labels", default=None, help="folder of ground-truth masks: also write metrics")
+    p.add_argument("--labels", default=None, help="folder of ground-truth masks (NIfTI runs: label volumes): "
+                                                  "also write metrics")
     p.add_argument("--fov-masks", default=None, help="folder of valid-region masks (e.g. DRIVE's FOV)")
     p.add_argument("--tta", choices=["none", "flip", "flip8"], default="none",
                    help="test-time augmentation: mean over the 4 flips, or flips and transposes")
@@ -98,8 +113,10 @@ def predict_files(args: argparse.Namespace) -> dict:
     from unet_jax.visualize import save_prediction
     from unet_jax.workdir import atomic_write_csv, atomic_write_json
 
-    files = input_files(args.inputs)
     predictor = load_predictor(args.run, which=args.which)
+    if predictor.volume_preprocessing is not None:
+        return predict_volumes(args, predictor)
+    files = input_files(args.inputs)
     threshold = predictor.threshold if args.threshold is None else args.threshold
     evaluator = Evaluator(predictor.num_classes, threshold=threshold) if args.labels else None
     out = Path(args.output)
@@ -129,6 +146,58 @@ def predict_files(args: argparse.Namespace) -> dict:
     print(f"{len(files)} image(s) in {seconds:.1f}s ({summary['images_per_s']:.2f} images/s, "
           f"{n_pixels / seconds / 1e6:.2f} Mpixel/s); predictions in {out}"
           + (f"; dice/F1 {summary['test']['dice']:.4f}" if evaluator is not None else ""), flush=True)
+    return summary
+
+
+def predict_volumes(args: argparse.Namespace, predictor) -> dict:
+    """Prediction for a run trained on volumes (see the module docstring); returns the summary."""
+    from unet_jax import data
+    from unet_jax.evaluation import Evaluator, predicted_classes
+    from unet_jax.workdir import atomic_write_csv, atomic_write_json
+
+    cfg = predictor.cfg
+    for flag, given in (("--scale", args.scale != 1.0), ("--fov-masks", args.fov_masks is not None)):
+        if given:
+            raise DataError(f"{flag} applies to runs that predict single images; {args.run} predicts "
+                            f"{predictor.volume_preprocessing}")
+    dataset = data.dataset_class(cfg.data.dataset).for_prediction(
+        args.inputs, options={**cfg.data.options, "classes": predictor.num_classes}, preprocess=cfg.data.preprocess,
+        labels=args.labels, progress=args.progress)
+    threshold = predictor.threshold if args.threshold is None else args.threshold
+    options = dict(tta={"none": False, "flip": True, "flip8": 8}[args.tta], window=args.window,
+                   overlap=args.overlap, blend=args.blend)
+    out = Path(args.output)
+    writer = dataset.prediction_writer(out)
+    reporter = dataset.test_reporter(out, ignore_empty=cfg.train.ignore_empty)  # GIFs; per-volume Dice if labelled
+    evaluator = Evaluator(predictor.num_classes, threshold=threshold, ignore_empty=cfg.train.ignore_empty) \
+        if dataset.labelled else None
+    source = dataset.test()
+    t0 = time.perf_counter()
+    for i in tqdm(range(len(source)), desc="predict", unit="slice", disable=not args.progress):
+        example = source[i]
+        probs = predictor.model_probs(dataset.preprocess(example).image, **options)
+        probs = dataset.restore_probs(example, probs)
+        pred = predicted_classes(probs, threshold)
+        writer.add(example, probs, pred)
+        reporter.add(example, probs, pred)
+        if evaluator is not None:
+            evaluator.add(example, probs)
+    written = writer.finish()
+    volumes = reporter.finish()
+    seconds = time.perf_counter() - t0
+    summary = {"run": str(args.run), "checkpoint_step": predictor.step, "dataset": cfg.data.dataset,
+               "volumes": volumes["num_volumes"], "slices": len(source), "seconds": seconds,
+               "slices_per_s": len(source) / seconds, "threshold": threshold, "labelled": dataset.labelled,
+               "files": len(written), **options}
+    if evaluator is not None:
+        result = evaluator.result()
+        atomic_write_csv(out / "per_image.csv", result.per_image)
+        summary["test"], summary["per_volume"] = result.summary, volumes
+    atomic_write_json(out / "summary.json", summary)
+    scored = (f"; per-volume Dice mean {volumes['dice_per_volume_mean']:.4f} median "
+              f"{volumes['dice_per_volume_median']:.4f}" if evaluator is not None else "")
+    print(f"{summary['volumes']} volume(s), {len(source)} slices in {seconds:.1f}s "
+          f"({summary['slices_per_s']:.2f} slices/s); predictions in {out}{scored}", flush=True)
     return summary
 
 

@@ -4,10 +4,15 @@
     predictor = load_predictor("runs/drive-unet-...", which="best")
     probs = predictor(image)                        # whole image, (H, W) or (H, W, classes)
     probs = predictor(image, tta=True, window=256)  # flip TTA, sliding window (Gaussian blending)
+    probs = predictor.model_probs(x)                # a preprocessed (H, W, C) input, the model's grid
 
 Architecture, preprocessing, normalisation, classes and threshold come from the run's
 ``config.json`` and ``dataset.json``; the weights from its checkpoints. Nothing else is
 needed: not the training data, not the flags.
+
+Runs of datasets whose preprocessing needs the whole volume (LGG, NIfTI) load too, but
+predict volumes, not single images: ``python -m unet_jax.predict`` builds the dataset's
+volumes from the inputs (``Dataset.for_prediction``) and calls :meth:`Predictor.model_probs`.
 """
 
 from __future__ import annotations
@@ -63,6 +68,11 @@ class Predictor:
     def threshold(self) -> float:
         return self.cfg.train.threshold
 
+    @property
+    def volume_preprocessing(self) -> str | None:
+        """None for runs that predict single images; else what they predict instead."""
+        return data.dataset_class(self.cfg.data.dataset).volume_preprocessing
+
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """The model's float32 (H', W', C) input, exactly as in training."""
         return preprocess_image(image, **dataclasses.asdict(self.cfg.data.preprocess))
@@ -81,6 +91,10 @@ class Predictor:
           scale: resample the image by this factor first (to bring structures to the
             training data's pixel scale); the probabilities are resampled back.
         """
+        if self.volume_preprocessing is not None:
+            raise PredictorError(f"this run was trained on {self.cfg.data.dataset!r}, whose preprocessing uses whole "
+                                 f"volumes (crop box, intensity statistics of every slice), so single images cannot "
+                                 f"be predicted faithfully; it predicts {self.volume_preprocessing}")
         h, w = image.shape[:2]
         if scale != 1.0:
             size = (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1))
@@ -88,8 +102,14 @@ class Predictor:
         x = self.preprocess(image)
         if window is None and x.shape[0] * x.shape[1] > AUTO_WINDOW_PIXELS:
             window = AUTO_WINDOW
-        probs = np.asarray(self._compiled(tta, window, overlap, blend)(jnp.asarray(x)))
-        return resize_probs(probs[..., 0] if self.num_classes == 2 else probs, (h, w))
+        return resize_probs(self.model_probs(x, tta=tta, window=window, overlap=overlap, blend=blend), (h, w))
+
+    def model_probs(self, x: np.ndarray, *, tta: Literal[False, True, 8] = False, window: int | None = None,
+                    overlap: float = 0.5, blend: Literal["gaussian", "constant"] = "gaussian") -> np.ndarray:
+        """Probabilities of a preprocessed float32 (H, W, C) input on its own grid: (H, W)
+        (binary) or (H, W, classes). Options as in :meth:`__call__`."""
+        probs = np.asarray(self._compiled(tta, window, overlap, blend)(jnp.asarray(x, jnp.float32)))
+        return probs[..., 0] if self.num_classes == 2 else probs
 
     @functools.cache  # one jitted function per option set; jit then caches per image size
     def _compiled(self, tta, window, overlap, blend):
@@ -133,26 +153,30 @@ def load_run_state(workdir: str | Path, which: Literal["best", "final"] = "best"
     template = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), jax.eval_shape(
         lambda: initial_state(cfg, int(info["channels"]), int(info["num_classes"]))))
     try:
-        state = load_state(workdir, template, which="best" if which == "best" else "latest")
+        state = _load(workdir, template, "best" if which == "best" else "latest")
     except CheckpointError:
         if which != "best":
             raise PredictorError(f"{workdir / 'checkpoints'} holds no checkpoint yet") from None
         print(f"note: {workdir} has no best checkpoint (no validation set); using the final one", flush=True)
-        state = load_state(workdir, template, which="latest")
+        state = _load(workdir, template, "latest")
     return cfg, info, state
 
 
-def load_predictor(workdir: str | Path, which: Literal["best", "final"] = "best") -> Predictor:
-    """Rebuilds the run in `workdir` and restores its weights (see :func:`load_run_state`).
+def _load(workdir: Path, template: TrainState, which: str) -> TrainState:
+    try:
+        return load_state(workdir, template, which=which)
+    except ValueError as e:  # orbax: the saved tree lacks a leaf of the template
+        if "data_rng" not in str(e):
+            raise
+        # A run saved before the sampler's key was a field of the state: restore the fields
+        # it has (prediction needs no key).
+        t = template
+        saved = load_state(workdir, {"step": t.step, "params": t.params, "opt_state": t.opt_state,
+                                     "batch_stats": t.batch_stats}, which=which)
+        return t.replace(**saved, data_rng=None)
 
-    Runs of datasets whose preprocessing needs the whole volume (LGG, NIfTI) are refused
-    with the command that evaluates them.
-    """
-    cfg = RunConfig.from_dict(_read_json(Path(workdir) / "config.json", "the run's configuration"))
-    how = data.dataset_class(cfg.data.dataset).volume_preprocessing
-    if how is not None:
-        raise PredictorError(f"{workdir} was trained on {cfg.data.dataset!r}, whose preprocessing uses whole "
-                             f"volumes (crop box, intensity statistics of every slice), so single images cannot "
-                             f"be predicted faithfully; evaluate it with {how}")
+
+def load_predictor(workdir: str | Path, which: Literal["best", "final"] = "best") -> Predictor:
+    """Rebuilds the run in `workdir` and restores its weights (see :func:`load_run_state`)."""
     cfg, info, state = load_run_state(workdir, which)
     return Predictor(cfg=cfg, num_classes=int(info["num_classes"]), step=int(state.step), state=state)

@@ -207,12 +207,15 @@ class VolumeReporter:
       overlays: write ``overlays/`` (slices with a label or a prediction).
       gifs: write one GIF per volume.
       gif_side: the GIFs' largest side in pixels.
+      labelled: False for volumes without labels (prediction only): pictures show the
+        prediction's outline alone, per_volume.csv holds slice and voxel counts, no Dice.
     """
 
     def __init__(self, workdir: str | Path, num_classes: int = 2, *, ignore_empty: bool = True,
                  display: Callable[[Example], np.ndarray] | None = None, overlays: bool = True, gifs: bool = True,
-                 gif_side: int = 128, title: str = ""):
+                 gif_side: int = 128, title: str = "", labelled: bool = True):
         self.workdir, self.ignore_empty, self.title = Path(workdir), ignore_empty, title
+        self.labelled = labelled
         self.num_classes = num_classes
         self.display = display or (lambda ex: np.asarray(ex.image)[..., 0] if np.ndim(ex.image) == 3 else ex.image)
         self.write_overlays, self.write_gifs, self.gif_side = overlays, gifs, gif_side
@@ -239,34 +242,44 @@ class VolumeReporter:
         pred = np.stack([i[1] for i in self._items])
         label = np.stack([i[2] for i in self._items])
         gray = [i[3] for i in self._items]
+        row: dict[str, Any] = {"case": self._case, "slices": len(ids)}
+        if self.labelled:
+            self._score(ids, pred, label, row)
+        else:
+            row["pred_voxels"] = int(np.count_nonzero(pred))
+        self.rows.append(row)
+        if self.write_overlays or self.write_gifs:
+            self._pictures(ids, gray, pred, label)
+        self._done.add(self._case)
+        self._case, self._items = None, []
+
+    def _score(self, ids: list[str], pred: np.ndarray, label: np.ndarray, row: dict[str, Any]) -> None:
+        """Fills `row` with the volume's Dice (with and without LCC); adds its slice rows."""
         post = keep_largest(pred, self.num_classes)
         d, d_lcc = volume_dice(pred, label, self.num_classes), volume_dice(post, label, self.num_classes)
         empty = [not np.any(label == k) for k in range(1, self.num_classes)]
-        row: dict[str, Any] = {"case": self._case, "slices": len(ids), "dice": float(np.mean(d)),
-                               "dice_lcc": float(np.mean(d_lcc)), "label_voxels": int(np.count_nonzero(label)),
-                               "pred_voxels": int(np.count_nonzero(pred))}
+        row.update({"dice": float(np.mean(d)), "dice_lcc": float(np.mean(d_lcc)),
+                    "label_voxels": int(np.count_nonzero(label)), "pred_voxels": int(np.count_nonzero(pred))})
         if self.num_classes > 2:
             for k in range(1, self.num_classes):
                 row[f"dice_class{k}"], row[f"dice_lcc_class{k}"] = float(d[k - 1]), float(d_lcc[k - 1])
         row["_empty"] = empty
-        self.rows.append(row)
         sd = slice_dice(pred, label, self.num_classes)
         for sid, p, y, s in zip(ids, pred, label, sd):
             self.slice_rows.append({"id": sid, "case": self._case, "dice": float(np.mean(s)),
                                     "label_empty": not np.any(y > 0), "pred_empty": not np.any(p > 0)})
-        if self.write_overlays or self.write_gifs:
-            from unet_jax.workdir import atomic_write_png
 
-            frames = [outline_picture(g, p, y) for g, p, y in zip(gray, pred, label)]
-            if self.write_overlays:
-                for sid, f, p, y in zip(ids, frames, pred, label):
-                    if np.any(p > 0) or np.any(y > 0):
-                        atomic_write_png(self.workdir / "overlays" / f"{sid}.png", f)
-            if self.write_gifs:  # outlines drawn at the GIF's size, so that they stay one pixel wide
-                small = [outline_picture(*_shrink(g, p, y, self.gif_side)) for g, p, y in zip(gray, pred, label)]
-                write_gif(self.workdir / "gifs" / f"{self._case}.gif", small, max_side=self.gif_side)
-        self._done.add(self._case)
-        self._case, self._items = None, []
+    def _pictures(self, ids: list[str], gray: list[np.ndarray], pred: np.ndarray, label: np.ndarray) -> None:
+        from unet_jax.workdir import atomic_write_png
+
+        frames = [outline_picture(g, p, y) for g, p, y in zip(gray, pred, label)]
+        if self.write_overlays:
+            for sid, f, p, y in zip(ids, frames, pred, label):
+                if np.any(p > 0) or np.any(y > 0):
+                    atomic_write_png(self.workdir / "overlays" / f"{sid}.png", f)
+        if self.write_gifs:  # outlines drawn at the GIF's size, so that they stay one pixel wide
+            small = [outline_picture(*_shrink(g, p, y, self.gif_side)) for g, p, y in zip(gray, pred, label)]
+            write_gif(self.workdir / "gifs" / f"{self._case}.gif", small, max_side=self.gif_side)
 
     def per_volume_rows(self) -> list[dict[str, Any]]:
         """One row per closed volume: its Dice with and without LCC, slices, voxel counts."""
@@ -283,6 +296,8 @@ class VolumeReporter:
         if not rows:
             return {"num_volumes": 0}
         atomic_write_csv(workdir / "per_volume.csv", rows)
+        if not self.labelled:
+            return {"num_volumes": len(rows), "scored": False}
         scored = [r for r in self.rows if not (ignore_empty and all(r["_empty"]))]
         d = np.asarray([r["dice"] for r in scored], np.float64)
         dl = np.asarray([r["dice_lcc"] for r in scored], np.float64)

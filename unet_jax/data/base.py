@@ -153,8 +153,12 @@ class Dataset(abc.ABC):
     synthetic: bool = False
     #: None when :meth:`preprocess` needs the image alone; else the preprocessing uses the
     #: whole volume (crop box, intensity statistics), so a single image cannot be
-    #: predicted (unet_jax.predict, the app), and this says how to evaluate a run instead.
+    #: predicted (the app, ``Predictor(image)``): this names the volumes that
+    #: ``unet_jax.predict`` takes instead (see :meth:`for_prediction`).
     volume_preprocessing: str | None = None
+    #: False when the test examples carry no labels (volumes given for prediction only);
+    #: their labels are then all background and nothing is scored.
+    labelled: bool = True
 
     def __init__(self, preprocess: PreprocessConfig = PreprocessConfig()):
         self.preprocessing = preprocess
@@ -211,6 +215,21 @@ class Dataset(abc.ABC):
         from unet_jax.data.preprocess import resize_probs
 
         return resize_probs(probs, np.asarray(example.label).shape)
+
+    @classmethod
+    def for_prediction(cls, inputs: Sequence[str], *, options: dict[str, Any], preprocess: PreprocessConfig,
+                       labels: str | None = None, progress: bool = True) -> Dataset:
+        """Datasets with :attr:`volume_preprocessing`: every volume named by `inputs` (paths
+        as given on the command line) as a test volume, preprocessed with a trained run's
+        `options` and `preprocess`; `labels` (a folder), or labels found beside the inputs,
+        make it :attr:`labelled`."""
+        raise NotImplementedError(f"{cls.__name__} predicts image by image (unet_jax.predictor.Predictor)")
+
+    def prediction_writer(self, outdir: Any) -> Any:
+        """For :meth:`for_prediction` datasets: an object with ``add(example, probs, pred)``
+        (each test slice, in order, at the label's resolution) and ``finish() -> list`` of
+        the files written under `outdir` (predictions in the input's own format)."""
+        raise NotImplementedError(f"{type(self).__name__} does not predict volumes")
 
     def test_reporter(self, workdir: Any, *, ignore_empty: bool = True) -> Any:
         """An object with ``add(example, probs, pred)`` (each test image, in order, at the

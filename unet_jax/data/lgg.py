@@ -74,7 +74,7 @@ ROOT/TCGA_CS_4941_19960909/TCGA_CS_4941_19960909_1_mask.tif  (its mask, 0/255)
 _SLICE = re.compile(r"^(?P<stem>.+)_(?P<number>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
 DEFAULT_DIR = Path("data/kaggle_3m")
 
-Slice = tuple[str, int, Path, Path]  # (patient, slice number, image path, mask path)
+Slice = tuple[str, int, Path, Path | None]  # (patient, slice number, image path, mask path: None unlabelled)
 
 
 def resolve_lgg_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -94,8 +94,11 @@ def list_patients(root: str | os.PathLike) -> list[str]:
     return patients
 
 
-def scan_patient(folder: Path) -> list[tuple[int, Path, Path]]:
-    """(slice number, image, mask) of one patient folder, by slice number; errors name files."""
+def scan_patient(folder: Path, *, require_masks: bool = True) -> list[tuple[int, Path, Path | None]]:
+    """(slice number, image, mask) of one patient folder, by slice number; errors name files.
+
+    With ``require_masks=False`` a folder without any mask gives None masks (slices to
+    predict); a folder with some masks must still have one for every slice."""
     images: dict[int, Path] = {}
     masks: dict[int, Path] = {}
     for p in sorted(folder.iterdir()):
@@ -109,6 +112,9 @@ def scan_patient(folder: Path) -> list[tuple[int, Path, Path]]:
     if not images and not masks:
         raise DataError(f"patient folder {folder} holds no slices ({folder.name}_<number>.tif). "
                         f"Expected layout:\n{LGG_LAYOUT}")
+    if not masks and not require_masks:
+        _check_numbering(folder, sorted(images))
+        return [(k, images[k], None) for k in sorted(images)]
     lonely = [images[k].name for k in sorted(set(images) - set(masks))]
     if lonely:
         raise DataError(f"{folder}: slice(s) without a mask: {', '.join(lonely[:10])}"
@@ -118,11 +124,15 @@ def scan_patient(folder: Path) -> list[tuple[int, Path, Path]]:
         raise DataError(f"{folder}: mask(s) without a slice: {', '.join(lonely[:10])}"
                         f"{' ...' if len(lonely) > 10 else ''}")
     numbers = sorted(images)
+    _check_numbering(folder, numbers)
+    return [(k, images[k], masks[k]) for k in numbers]
+
+
+def _check_numbering(folder: Path, numbers: list[int]) -> None:
     missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
     if missing:
         raise DataError(f"{folder}: slice number(s) {', '.join(map(str, missing[:10]))} missing (slices are numbered "
                         f"1..{numbers[-1]} without gaps; a volume with a hole would be scored wrongly)")
-    return [(k, images[k], masks[k]) for k in numbers]
 
 
 def make_patient_split(patients: Sequence[str], *, seed: int = 0, val_fraction: float = 0.1,
@@ -169,8 +179,9 @@ class LggSource:
 
     def __getitem__(self, index: int) -> Example:
         patient, number, image_path, mask_path = self.slices[index]
-        label = (read_mask(mask_path) > 0).astype(np.uint8)
-        return Example(id=f"{patient}_{number}", image=read_image(image_path), label=label, case=patient)
+        image = read_image(image_path)
+        label = np.zeros(image.shape[:2], np.uint8) if mask_path is None else (read_mask(mask_path) > 0).astype(np.uint8)
+        return Example(id=f"{patient}_{number}", image=image, label=label, case=patient)
 
 
 class _Volume:
@@ -216,6 +227,9 @@ class LggDataset(Dataset):
         from them by the engine, ``--val-size`` patients).
       patients: use only these patient folders (default: every one under root, or those of
         the split file).
+      folders: patient folders named one by one, anywhere (instead of `root`'s listing).
+      masks: False lets patient folders come without masks (volumes to predict: their
+        labels are all background and the dataset is not :attr:`labelled`).
       crop, rescale, standardize: the volume-level preprocessing steps (module docstring).
       uniform_share: training slices are drawn with probability proportional to their
         abnormal area plus this share spread uniformly over the patient's slices (0.1 in
@@ -226,7 +240,8 @@ class LggDataset(Dataset):
     """
 
     name = "lgg"
-    volume_preprocessing = "python -m experiments.brain_mri --evaluate RUN --data-dir FOLDER_OF_PATIENTS"
+    volume_preprocessing = ("patient folders (kaggle_3m layout: <patient>/<patient>_<n>.tif), or folders of them: "
+                            "python -m unet_jax.predict --run RUN PATIENT_FOLDER... --output DIR")
 
     def __init__(
         self,
@@ -238,6 +253,8 @@ class LggDataset(Dataset):
         folds: int | None = None,
         fold: int | None = None,
         patients: Sequence[str] | None = None,
+        folders: Sequence[str | os.PathLike] | None = None,
+        masks: bool = True,
         crop: bool = True,
         rescale: bool = True,
         standardize: bool = True,
@@ -252,10 +269,22 @@ class LggDataset(Dataset):
                             "and no CLAHE")
         if uniform_share is not None and uniform_share < 0:
             raise DataError(f"--uniform-share {uniform_share}: must be >= 0")
-        self.root = resolve_lgg_dir(root)
+        self.root = resolve_lgg_dir(root) if folders is None else \
+            Path(os.path.commonpath([str(Path(f).resolve().parent) for f in folders])) if folders else Path(".")
         self.crop, self.rescale, self.standardize = crop, rescale, standardize
         self.uniform_share = uniform_share
-        available = list_patients(self.root)
+        if folders is None:
+            available = list_patients(self.root)
+            self._folders = {p: self.root / p for p in available}
+        else:
+            self._folders = {}
+            for f in map(Path, folders):
+                if not f.is_dir():
+                    raise DataError(f"patient folder {f} does not exist. Expected layout:\n{LGG_LAYOUT}")
+                if f.name in self._folders:
+                    raise DataError(f"two patient folders named {f.name}: {self._folders[f.name]} and {f}")
+                self._folders[f.name] = f
+            available = sorted(self._folders)
         if patients is not None:
             unknown = sorted(set(patients) - set(available))
             if unknown:
@@ -285,8 +314,10 @@ class LggDataset(Dataset):
                                "test_fraction": test_fraction}
         self.split_info.update(train=train, val=val, test=test)
         self._volumes: dict[str, _Volume] = {}
-        slices: dict[str, list[Slice]] = {p: [(p, k, i, m) for k, i, m in scan_patient(self.root / p)]
-                                          for p in train + val + test}
+        slices: dict[str, list[Slice]] = {
+            p: [(p, k, i, m) for k, i, m in scan_patient(self._folders[p], require_masks=masks)]
+            for p in train + val + test}
+        self.labelled = all(s[3] is not None for ss in slices.values() for s in ss)
         areas: dict[tuple[str, int], int] = {}
         for p in tqdm(train + val + test, desc="reading LGG volumes", unit="patient", leave=False,
                       disable=not progress):
@@ -319,7 +350,7 @@ class LggDataset(Dataset):
         images, shape = [], None
         for patient, number, image_path, mask_path in slices:
             image = read_image(image_path)
-            mask = read_mask(mask_path)
+            mask = np.zeros(image.shape[:2], np.uint8) if mask_path is None else read_mask(mask_path)
             if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
                 raise DataError(f"{image_path}: expected a 3-channel 8-bit slice (pre-contrast, FLAIR, post-contrast), "
                                 f"got shape {image.shape} {image.dtype}")
@@ -448,7 +479,35 @@ class LggDataset(Dataset):
         from unet_jax.volumes import VolumeReporter
 
         return VolumeReporter(workdir, num_classes=2, ignore_empty=ignore_empty,
-                              display=lambda ex: np.asarray(ex.image)[..., 1])
+                              display=lambda ex: np.asarray(ex.image)[..., 1], labelled=self.labelled)
+
+    @classmethod
+    def for_prediction(cls, inputs: Sequence[str], *, options: dict[str, Any], preprocess: PreprocessConfig,
+                       labels: str | None = None, progress: bool = True) -> LggDataset:
+        """Every patient folder in `inputs` (a folder holding ``<patient>_<n>.tif`` slices
+        is a patient; any other folder is searched for patient folders), preprocessed as the
+        run's `options` say; :attr:`labelled` when every slice has its ``_mask.tif``."""
+        if labels is not None:
+            raise DataError("--labels does not apply to LGG runs: a slice's mask sits next to it "
+                            "(<patient>_<n>_mask.tif) and is used when every slice has one")
+        folders: list[Path] = []
+        for name in inputs:
+            path = Path(name)
+            if not path.is_dir():
+                raise DataError(f"{path}: an LGG run predicts patient folders (or folders of them), not single files. "
+                                f"Expected layout:\n{LGG_LAYOUT}")
+            if any(_SLICE.match(p.name) for p in path.iterdir()):
+                folders.append(path)
+            else:
+                folders += [path / p for p in list_patients(path)]
+        steps = {k: options[k] for k in ("crop", "rescale", "standardize") if k in options}
+        return cls(folders=folders, split="all", masks=False, uniform_share=None, preprocess=preprocess,
+                   progress=progress, **steps)
+
+    def prediction_writer(self, outdir: Any) -> Any:
+        """``<outdir>/<patient>/<patient>_<n>_pred.png`` (0/255, the stored slice's size, like
+        the dataset's masks), ``_prob.png`` (probability x 255) and ``_overlay.png``."""
+        return _SliceWriter(Path(outdir), self.labelled)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "root": str(self.root.resolve()), "split": self.split_info,
@@ -458,6 +517,22 @@ class LggDataset(Dataset):
                 "sampling": "uniform" if self.uniform_share is None else
                 f"area-weighted per patient, uniform share {self.uniform_share}",
                 "evaluation_grid": "stored 256x256 masks (predictions mapped back through the crop box)"}
+
+
+class _SliceWriter:
+    def __init__(self, outdir: Path, labelled: bool):
+        self.outdir, self.labelled, self.files = outdir, labelled, []
+
+    def add(self, example: Example, probs: np.ndarray, pred: np.ndarray) -> None:
+        from unet_jax.visualize import save_prediction
+
+        label = np.asarray(example.label) if self.labelled else None  # overlay against it, else tinted
+        folder = self.outdir / str(example.case)
+        save_prediction(folder, example.id, probs, pred, label, image=np.asarray(example.image))
+        self.files.append(folder / f"{example.id}_pred.png")
+
+    def finish(self) -> list[Path]:
+        return self.files
 
 
 def _cases_and_areas(source: Source) -> tuple[list[str], list[int]]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -111,22 +112,25 @@ CHUNK = 16  # slices read per proxy access: a gzip stream is decompressed from i
 class _Volume:
     __slots__ = ("case", "image_path", "label_path", "depth", "image", "label", "lo", "hi", "areas")
 
-    def __init__(self, case: str, image_path: Path, label_path: Path):
+    def __init__(self, case: str, image_path: Path, label_path: Path | None):
         self.case, self.image_path, self.label_path = case, image_path, label_path
         self.image, shape = _load(image_path)
-        self.label, lshape = _load(label_path)
         if len(shape) != 3:
             raise DataError(f"{image_path} is a {len(shape)}D volume of shape {shape}: only 3D volumes are supported "
                             "(multi-modal 4D volumes are not)")
+        self.depth = int(shape[2])
+        self.lo = self.hi = 0.0
+        self.areas: list[np.ndarray] = []
+        self.label = None  # a volume to predict
+        if label_path is None:
+            return
+        self.label, lshape = _load(label_path)
         if tuple(lshape) != tuple(shape):
             raise DataError(f"label {label_path} has shape {tuple(lshape)} but its image {image_path} has "
                             f"{tuple(shape)}: a label volume must match its image voxel for voxel")
         if not np.allclose(self.image.affine, self.label.affine, atol=1e-3):
             raise DataError(f"label {label_path} and its image {image_path} have different affines (voxel-to-world "
                             f"maps):\n{np.round(self.label.affine, 4)}\nvs\n{np.round(self.image.affine, 4)}")
-        self.depth = int(shape[2])
-        self.lo = self.hi = 0.0
-        self.areas: list[np.ndarray] = []
 
 
 class NiftiSource:
@@ -150,7 +154,9 @@ class NiftiSource:
             if c is None or c[0] is not v or not c[1] <= k < c[1] + c[2].shape[-1]:
                 k0 = (k // CHUNK) * CHUNK
                 k1 = min(k0 + CHUNK, v.depth)
-                c = self._chunk = (v, k0, _slab(v.image, k0, k1, v.image_path), _slab(v.label, k0, k1, v.label_path))
+                image = _slab(v.image, k0, k1, v.image_path)
+                label = np.zeros(image.shape, np.uint8) if v.label is None else _slab(v.label, k0, k1, v.label_path)
+                c = self._chunk = (v, k0, image, label)
             return c[2][..., k - c[1]], c[3][..., k - c[1]]
 
     def __getitem__(self, i: int) -> Example:
@@ -176,43 +182,51 @@ class NiftiDataset(Dataset):
       preprocess: its ``image_size`` resizes slices (labels nearest neighbour); the other
         fields do not apply (intensities follow `window` / `percentiles`).
       progress: a progress bar while checking the volumes.
+      volumes: ``(case, image, label or None)`` triples instead of `root`'s layout, all of
+        them test volumes (a trained run's prediction, see :meth:`for_prediction`).
     """
 
     name = "nifti"
-    volume_preprocessing = "python -m experiments.volumes (its test figures are per volume)"
+    volume_preprocessing = ("NIfTI volumes (.nii.gz, .nii) or folders of them: python -m unet_jax.predict --run RUN "
+                            "VOLUME... --output DIR [--labels LABEL_FOLDER]")
 
-    def __init__(self, root: str | os.PathLike, window: tuple[float, float] | None = None,
+    def __init__(self, root: str | os.PathLike | None = None, window: tuple[float, float] | None = None,
                  percentiles: tuple[float, float] = (0.5, 99.5), context: int = 0, test_fraction: float = 0.2,
                  split_seed: int = 0, classes: int | None = None,
                  preprocess: PreprocessConfig = PreprocessConfig(channels="gray", clahe=False, normalize="unit"),
-                 progress: bool = True):
+                 progress: bool = True, volumes: list[tuple[str, Path, Path | None]] | None = None):
         super().__init__(preprocess)
-        self.root = Path(root)
+        if (root is None) == (volumes is None):
+            raise DataError("the NIfTI dataset needs a data folder (--data-dir) or, to predict, the volumes")
+        self.root = Path(root) if root is not None else Path(".")
         if window is not None and not window[0] < window[1]:
             raise DataError(f"--window {window[0]},{window[1]}: the low end must be below the high end")
         if context < 0:
             raise DataError(f"--context {context}: must be >= 0")
         self.window = None if window is None else (float(window[0]), float(window[1]))
         self.percentiles, self.context = tuple(percentiles), int(context)
-        pairs = pair_volumes(self.root)
-        volumes = [_Volume(*p) for p in pairs]
+        vols = [_Volume(*p) for p in (pair_volumes(self.root) if volumes is None else volumes)]
+        self.labelled = all(v.label is not None for v in vols)
         max_label = 0
-        for v in tqdm(volumes, desc="checking volumes", unit="volume", leave=False, disable=not progress):
+        for v in tqdm(vols, desc="checking volumes", unit="volume", leave=False, disable=not progress):
             max_label = max(max_label, self._scan(v, classes))
         self._classes = classes if classes is not None else max(2, max_label + 1)
-        n_test = int(round(test_fraction * len(volumes)))
-        if not 0 < n_test < len(volumes):
-            raise DataError(f"--test-fraction {test_fraction} of {len(volumes)} volume(s) gives {n_test} test "
-                            "volume(s); train and test need at least one each")
-        test_idx = set(np.random.default_rng(split_seed).permutation(len(volumes))[:n_test].tolist())
-        self._train = NiftiSource([v for i, v in enumerate(volumes) if i not in test_idx], self.context)
-        self._test = NiftiSource([v for i, v in enumerate(volumes) if i in test_idx], self.context)
-        self._by_case = {v.case: v for v in volumes}
+        if volumes is not None:
+            test_idx = set(range(len(vols)))
+        else:
+            n_test = int(round(test_fraction * len(vols)))
+            if not 0 < n_test < len(vols):
+                raise DataError(f"--test-fraction {test_fraction} of {len(vols)} volume(s) gives {n_test} test "
+                                "volume(s); train and test need at least one each")
+            test_idx = set(np.random.default_rng(split_seed).permutation(len(vols))[:n_test].tolist())
+        self._train = NiftiSource([v for i, v in enumerate(vols) if i not in test_idx], self.context)
+        self._test = NiftiSource([v for i, v in enumerate(vols) if i in test_idx], self.context)
+        self._by_case = {v.case: v for v in vols}
 
     def _scan(self, v: _Volume, classes: int | None) -> int:
         """Reads the label slice by slice (values, areas) and a few image slices (percentiles)."""
         top = 0
-        for k0 in range(0, v.depth, CHUNK):
+        for k0 in range(0, v.depth if v.label is not None else 0, CHUNK):
             slab = _slab(v.label, k0, min(k0 + CHUNK, v.depth), v.label_path)
             if np.any(slab != np.rint(slab)) or np.any(slab < 0):
                 raise DataError(f"label {v.label_path} (slices {k0}..) holds values that are not class ids 0, 1, 2, ...")
@@ -221,6 +235,8 @@ class NiftiDataset(Dataset):
                 raise DataError(f"--classes {classes} is smaller than the largest label value {m} (in {v.label_path})")
             top = max(top, m)
             v.areas.extend(int(a) for a in np.count_nonzero(slab, axis=(0, 1)))
+        if v.label is None:
+            v.areas = [0] * v.depth
         if self.window is None:
             ks = np.unique(np.linspace(0, v.depth - 1, min(MAX_STAT_SLICES, v.depth)).round().astype(int))
             sample = np.concatenate([_slice(v.image, int(k), v.image_path).ravel() for k in ks]).astype(np.float64)
@@ -267,7 +283,38 @@ class NiftiDataset(Dataset):
         c = self.context
         return VolumeReporter(workdir, num_classes=self.num_classes, ignore_empty=ignore_empty,
                               display=lambda ex: (self.normalise(ex.case_id, np.asarray(ex.image)[..., c]) * 255)
-                              .astype(np.uint8))
+                              .astype(np.uint8), labelled=self.labelled)
+
+    @classmethod
+    def for_prediction(cls, inputs: Sequence[str], *, options: dict[str, Any], preprocess: PreprocessConfig,
+                       labels: str | None = None, progress: bool = True) -> NiftiDataset:
+        """Every NIfTI volume in `inputs` (files, or folders of ``.nii.gz`` / ``.nii``),
+        normalised as the run's `options` say; with a `labels` folder, each volume's label
+        of the same name (``case.nii.gz``) is read and the volumes are scored."""
+        found: dict[str, Path] = {}
+        for name in inputs:
+            path = Path(name)
+            named = _volumes(path) if path.is_dir() else {_stem(path): path} if _stem(path) and path.is_file() else None
+            if named is None:
+                raise DataError(f"{path}: not a NIfTI volume (.nii.gz, .nii) or a folder of them")
+            for case, p in named.items():
+                if case in found:
+                    raise DataError(f"two volumes named {case}: {found[case]} and {p}")
+                found[case] = p
+        label_files = _volumes(Path(labels)) if labels is not None else {}
+        missing = sorted(set(found) - set(label_files)) if labels is not None else []
+        if missing:
+            raise DataError(f"no label volume in {labels} for: {', '.join(found[c].name for c in missing[:10])} "
+                            "(labels pair with images by file name)")
+        keep = {k: options[k] for k in ("window", "percentiles", "context", "classes") if k in options}
+        return cls(volumes=[(c, p, label_files.get(c)) for c, p in sorted(found.items())], preprocess=preprocess,
+                   progress=progress, **keep)
+
+    def prediction_writer(self, outdir: Any) -> Any:
+        """``<outdir>/<case>_pred.nii.gz`` (uint8 class ids) and ``<case>_prob.nii.gz`` (uint8
+        probability x 255: the foreground for a binary run, else one volume per foreground
+        class along a 4th axis), on the input's grid and with its affine."""
+        return _VolumeWriter(Path(outdir), {v.case: v for v in self._test.volumes}, self.num_classes)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "root": str(self.root.resolve()),
@@ -275,3 +322,54 @@ class NiftiDataset(Dataset):
                 "context": self.context, "train_volumes": [v.case for v in self._train.volumes],
                 "test_volumes": [v.case for v in self._test.volumes], "num_train": len(self._train),
                 "num_test": len(self._test), "slice_axis": "third array axis (no reorientation)"}
+
+
+class _VolumeWriter:
+    """Collects a volume's slices as they come and writes it when the next volume starts."""
+
+    def __init__(self, outdir: Path, volumes: dict[str, _Volume], num_classes: int):
+        self.outdir, self.volumes, self.num_classes = outdir, volumes, num_classes
+        self.files: list[Path] = []
+        self._case: str | None = None
+        self._pred: list[np.ndarray] = []
+        self._prob: list[np.ndarray] = []
+
+    def add(self, example: Example, probs: np.ndarray, pred: np.ndarray) -> None:
+        if example.case_id != self._case:
+            self._write()
+            self._case = example.case_id
+        fg = probs if probs.ndim == 2 else probs[..., 1:]
+        self._pred.append(np.asarray(pred, np.uint8))
+        self._prob.append(np.rint(np.clip(fg, 0.0, 1.0) * 255).astype(np.uint8))
+
+    def _write(self) -> None:
+        if self._case is None:
+            return
+        src = self.volumes[self._case].image
+        pred = np.stack(self._pred, axis=2)  # slices were cut along the third array axis
+        prob = np.stack(self._prob, axis=2)
+        for kind, array in (("pred", pred), ("prob", prob)):
+            self.files.append(_save_like(src, array, self.outdir / f"{self._case}_{kind}.nii.gz"))
+        self._case, self._pred, self._prob = None, [], []
+
+    def finish(self) -> list[Path]:
+        self._write()
+        return self.files
+
+
+def _save_like(src, array: np.ndarray, path: Path) -> Path:
+    """`array` (uint8) as a NIfTI with `src`'s affine and its qform/sform codes, atomically."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(array, src.affine)
+    img.set_qform(src.affine, code=int(src.header.get("qform_code", 1) or 1))
+    img.set_sform(src.affine, code=int(src.header.get("sform_code", 1) or 1))
+    img.set_data_dtype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

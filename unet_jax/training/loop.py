@@ -26,8 +26,8 @@ from unet_jax.training.recorder import Recorder
 from unet_jax.training.state import TrainState, make_schedule
 from unet_jax.training.steps import LossFn, eval_step
 
-# Validation: state -> (figures, whose "dice" selects the best checkpoint; an RGB picture
-# for TensorBoard, or None).
+# Validation: state -> (figures, whose ``TrainConfig.select`` entry chooses the best
+# checkpoint; an RGB picture for TensorBoard, or None).
 Validate = Callable[[TrainState], tuple[dict[str, Any], np.ndarray | None]]
 
 
@@ -176,8 +176,9 @@ def _timed(fn: Callable[..., Any], *args: Any) -> float:
     return time.perf_counter() - t
 
 
-def _validate(validate: Validate, state: TrainState, step: int, recorder: Recorder | None, bar: tqdm) -> float:
-    """Runs and records one validation; returns its Dice."""
+def _validate(validate: Validate, state: TrainState, step: int, recorder: Recorder | None, bar: tqdm,
+              select: str) -> float:
+    """Runs and records one validation; returns its figure `select` (a Dice)."""
     summary, picture = validate(parallel.local_copy(state))
     if recorder:
         recorder.write({"split": "val", "step": step, **summary})
@@ -185,8 +186,9 @@ def _validate(validate: Validate, state: TrainState, step: int, recorder: Record
             recorder.image("val/overlay", picture, step)
     if jax.process_index() == 0:
         auc = f" auc {summary['auc']:.4f}" if "auc" in summary else ""
-        bar.write(f"step {step}: val dice {summary['dice']:.4f}{auc}")
-    return summary["dice"]
+        per_case = f" per-case mean {summary['dice_per_case_mean']:.4f}" if select != "dice" else ""
+        bar.write(f"step {step}: val dice {summary['dice']:.4f}{per_case}{auc}")
+    return summary[select]
 
 
 def _repeat(item: Any) -> Iterator[Any]:
@@ -213,8 +215,8 @@ def fit(state: TrainState, batches: Iterator[dict[str, np.ndarray]] | DeviceData
     (and never checkpointed: pending losses are checked before every save).
 
     `validate` runs every ``cfg.eval_every`` steps and at the last step, on a
-    single-device copy of the state; its figures are logged under "val" and its "dice"
-    chooses the best checkpoint. A `checkpointer` saves the latest state every
+    single-device copy of the state; its figures are logged under "val" and its
+    ``cfg.select`` figure chooses the best checkpoint. A `checkpointer` saves the latest state every
     ``checkpointer.every`` steps and at the final step, and the best by validation Dice.
     Evaluation and checkpointing are excluded from the steady-state images/s.
     """
@@ -256,7 +258,7 @@ def fit(state: TrainState, batches: Iterator[dict[str, np.ndarray]] | DeviceData
             elif is_ckpt:
                 log.check_finite()  # never save a NaN state; the losses stay pending for the next log
             if is_eval:
-                dice = _validate(validate, state, step, recorder, bar)
+                dice = _validate(validate, state, step, recorder, bar, cfg.select)
                 if checkpointer is not None:
                     ckpt_time += _timed(checkpointer.offer_best, step, state, data_state, dice)
                 log.restart_clock()

@@ -225,7 +225,8 @@ def _test(final: TrainState, ckpt: Checkpointer, cfg: RunConfig, dataset: Datase
         else:
             best = ckpt.restore(final, which="best")[0]
             best_summary = _evaluate(best, test_src, dataset, cfg, progress=progress, desc="test (best)").summary
-        best_block = {"step": ckpt.best_step, "val_dice": ckpt.best_dice, **best_summary,
+        best_block = {"step": ckpt.best_step, "val_dice": ckpt.best_dice, "selected_by": f"val {cfg.train.select}",
+                      **best_summary,
                       "note": "for information: the headline 'test' block uses the final parameters"}
     return ev, best_block, test_eval_s, extra
 
