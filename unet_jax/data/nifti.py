@@ -224,9 +224,12 @@ class NiftiDataset(Dataset):
         self._by_case = {v.case: v for v in vols}
 
     def _scan(self, v: _Volume, classes: int | None) -> int:
-        """Reads the label slice by slice (values, areas) and a few image slices (percentiles)."""
+        """Reads the label slice by slice (values, areas) and a few image slices (percentiles);
+        returns the largest label value."""
         top = 0
-        for k0 in range(0, v.depth if v.label is not None else 0, CHUNK):
+        if v.label is None:  # a volume to predict
+            v.areas = [0] * v.depth
+        for k0 in range(0, v.depth, CHUNK) if v.label is not None else ():
             slab = _slab(v.label, k0, min(k0 + CHUNK, v.depth), v.label_path)
             if np.any(slab != np.rint(slab)) or np.any(slab < 0):
                 raise DataError(f"label {v.label_path} (slices {k0}..) holds values that are not class ids 0, 1, 2, ...")
@@ -235,8 +238,6 @@ class NiftiDataset(Dataset):
                 raise DataError(f"--classes {classes} is smaller than the largest label value {m} (in {v.label_path})")
             top = max(top, m)
             v.areas.extend(int(a) for a in np.count_nonzero(slab, axis=(0, 1)))
-        if v.label is None:
-            v.areas = [0] * v.depth
         if self.window is None:
             ks = np.unique(np.linspace(0, v.depth - 1, min(MAX_STAT_SLICES, v.depth)).round().astype(int))
             sample = np.concatenate([_slice(v.image, int(k), v.image_path).ravel() for k in ks]).astype(np.float64)
