@@ -148,7 +148,7 @@ def test_a_trained_run_predicts_volumes_as_nifti_on_the_inputs_grid(tmp_path):
     vols = write_volumes(tmp_path / "vol", n=3, shape=(16, 16, 4), affine=affine)
     run = tmp_path / "run"
     assert volumes_cli.main(["--root", str(tmp_path / "vol"), "--window", "-100,400", "--context", "1",
-                             "--patch-size", "16", "--features", "4", "--depth", "2", "--steps", "2",
+                             "--patch-size", "16", "--features", "4", "--depth", "1", "--steps", "2",
                              "--batch-size", "2", "--eval-every", "2", "--no-progress", "--workdir", str(run)]) == 0
     (case,) = json.loads((run / "results.json").read_text())["data"]["test_volumes"]
     image_file = tmp_path / "vol" / "imagesTr" / f"{case}.nii.gz"
