@@ -269,8 +269,11 @@ class LggDataset(Dataset):
                             "and no CLAHE")
         if uniform_share is not None and uniform_share < 0:
             raise DataError(f"--uniform-share {uniform_share}: must be >= 0")
-        self.root = resolve_lgg_dir(root) if folders is None else \
-            Path(os.path.commonpath([str(Path(f).resolve().parent) for f in folders])) if folders else Path(".")
+        if folders is None:
+            self.root = resolve_lgg_dir(root)
+        else:  # where the named patient folders live (for messages and results.json)
+            parents = [str(Path(f).resolve().parent) for f in folders]
+            self.root = Path(os.path.commonpath(parents)) if parents else Path(".")
         self.crop, self.rescale, self.standardize = crop, rescale, standardize
         self.uniform_share = uniform_share
         if folders is None:
