@@ -153,27 +153,13 @@ def load_run_state(workdir: str | Path, which: Literal["best", "final"] = "best"
     template = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), jax.eval_shape(
         lambda: initial_state(cfg, int(info["channels"]), int(info["num_classes"]))))
     try:
-        state = _load(workdir, template, "best" if which == "best" else "latest")
+        state = load_state(workdir, template, which="best" if which == "best" else "latest")
     except CheckpointError:
         if which != "best":
             raise PredictorError(f"{workdir / 'checkpoints'} holds no checkpoint yet") from None
         print(f"note: {workdir} has no best checkpoint (no validation set); using the final one", flush=True)
-        state = _load(workdir, template, "latest")
+        state = load_state(workdir, template, which="latest")
     return cfg, info, state
-
-
-def _load(workdir: Path, template: TrainState, which: str) -> TrainState:
-    try:
-        return load_state(workdir, template, which=which)
-    except ValueError as e:  # orbax: the saved tree lacks a leaf of the template
-        if "data_rng" not in str(e):
-            raise
-        # A run saved before the sampler's key was a field of the state: restore the fields
-        # it has (prediction needs no key).
-        t = template
-        saved = load_state(workdir, {"step": t.step, "params": t.params, "opt_state": t.opt_state,
-                                     "batch_stats": t.batch_stats}, which=which)
-        return t.replace(**saved, data_rng=None)
 
 
 def load_predictor(workdir: str | Path, which: Literal["best", "final"] = "best") -> Predictor:

@@ -24,6 +24,7 @@ resume needs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -169,8 +170,20 @@ class Checkpointer:
         frozen = _FrozenIteratorState()
         if (step_dir / "data").exists():
             items["data"] = grain.checkpoint.CheckpointRestore(frozen)
-        restored = manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], frozen.state if "data" in items else None, dict(restored["meta"])
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(**items))
+            state = restored["state"]
+        except ValueError as e:
+            # Checkpoints written before TrainState.data_rng existed lack the field; a state
+            # without a sampler key (None) restores from the fields they have.
+            if "data_rng" not in str(e) or getattr(template, "data_rng", 0) is not None:
+                raise
+            fields = {f.name: getattr(template, f.name) for f in dataclasses.fields(template)
+                      if f.metadata.get("pytree_node", True) and f.name != "data_rng"}
+            items["state"] = ocp.args.StandardRestore(_abstract(fields))
+            restored = manager.restore(step, args=ocp.args.Composite(**items))
+            state = template.replace(**restored["state"])
+        return state, frozen.state if "data" in items else None, dict(restored["meta"])
 
     def discard_after(self, step: int) -> None:
         """Deletes checkpoints newer than `step` (a resumed run recomputes those steps)."""
