@@ -297,15 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     except (PredictorError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if predictor.volume_preprocessing is not None:
-        print(f"error: {args.run} was trained on {predictor.cfg.data.dataset!r}, whose preprocessing uses whole "
-              f"volumes: the page segments single images; this run predicts {predictor.volume_preprocessing}",
-              file=sys.stderr)
-        return 2
     options = dict(tta={"none": False, "flip": True, "flip8": 8}[args.tta], window=args.window,
                    overlap=args.overlap, scale=args.scale)
-    # Compile now (at one size) so that a broken run fails here, not on the first upload.
-    predictor(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8), **options)
+    # Compile now (at one size) so that a broken run fails here, not on the first upload;
+    # a run trained on volumes refuses single images here, with what it predicts instead.
+    try:
+        predictor(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8), **options)
+    except PredictorError as e:
+        print(f"error: {args.run}: {e}", file=sys.stderr)
+        return 2
     print(f"model loaded and compiled in {time.perf_counter() - t0:.1f}s", flush=True)
     try:
         server = make_server(predictor, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,

@@ -120,8 +120,7 @@ def predict_files(args: argparse.Namespace) -> dict:
     threshold = predictor.threshold if args.threshold is None else args.threshold
     evaluator = Evaluator(predictor.num_classes, threshold=threshold) if args.labels else None
     out = Path(args.output)
-    options = dict(tta={"none": False, "flip": True, "flip8": 8}[args.tta], window=args.window,
-                   overlap=args.overlap, blend=args.blend, scale=args.scale)
+    options = {**inference_options(args), "scale": args.scale}
     t0, n_pixels = time.perf_counter(), 0
     for path in tqdm(files, desc="predict", unit="image", disable=not args.progress):
         image = read_image(path)
@@ -149,6 +148,12 @@ def predict_files(args: argparse.Namespace) -> dict:
     return summary
 
 
+def inference_options(args: argparse.Namespace) -> dict:
+    """The predictor's keyword options (TTA, sliding window) from the command line."""
+    return dict(tta={"none": False, "flip": True, "flip8": 8}[args.tta], window=args.window, overlap=args.overlap,
+                blend=args.blend)
+
+
 def predict_volumes(args: argparse.Namespace, predictor) -> dict:
     """Prediction for a run trained on volumes (see the module docstring); returns the summary."""
     from unet_jax import data
@@ -164,8 +169,7 @@ def predict_volumes(args: argparse.Namespace, predictor) -> dict:
         args.inputs, options={**cfg.data.options, "classes": predictor.num_classes}, preprocess=cfg.data.preprocess,
         labels=args.labels, progress=args.progress)
     threshold = predictor.threshold if args.threshold is None else args.threshold
-    options = dict(tta={"none": False, "flip": True, "flip8": 8}[args.tta], window=args.window,
-                   overlap=args.overlap, blend=args.blend)
+    options = inference_options(args)
     out = Path(args.output)
     writer = dataset.prediction_writer(out)
     reporter = dataset.test_reporter(out, ignore_empty=cfg.train.ignore_empty)  # GIFs; per-volume Dice if labelled
@@ -173,10 +177,11 @@ def predict_volumes(args: argparse.Namespace, predictor) -> dict:
         if dataset.labelled else None
     source = dataset.test()
     t0 = time.perf_counter()
+    # Not evaluation.evaluate: it scores inside its loop, and the time here is the
+    # prediction's alone (as for images); the figures follow when there are labels.
     for i in tqdm(range(len(source)), desc="predict", unit="slice", disable=not args.progress):
         example = source[i]
-        probs = predictor.model_probs(dataset.preprocess(example).image, **options)
-        probs = dataset.restore_probs(example, probs)
+        probs = dataset.restore_probs(example, predictor.model_probs(dataset.preprocess(example).image, **options))
         pred = predicted_classes(probs, threshold)
         writer.add(example, probs, pred)
         reporter.add(example, probs, pred)
@@ -195,7 +200,7 @@ def predict_volumes(args: argparse.Namespace, predictor) -> dict:
         summary["test"], summary["per_volume"] = result.summary, volumes
     atomic_write_json(out / "summary.json", summary)
     scored = (f"; per-volume Dice mean {volumes['dice_per_volume_mean']:.4f} median "
-              f"{volumes['dice_per_volume_median']:.4f}" if evaluator is not None else "")
+              f"{volumes['dice_per_volume_median']:.4f}" if dataset.labelled else "")
     print(f"{summary['volumes']} volume(s), {len(source)} slices in {seconds:.1f}s "
           f"({summary['slices_per_s']:.2f} slices/s); predictions in {out}{scored}", flush=True)
     return summary

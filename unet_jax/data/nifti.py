@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -225,11 +225,23 @@ class NiftiDataset(Dataset):
 
     def _scan(self, v: _Volume, classes: int | None) -> int:
         """Reads the label slice by slice (values, areas) and a few image slices (percentiles);
-        returns the largest label value."""
-        top = 0
+        returns the largest label value (0 for a volume to predict, which has no label)."""
         if v.label is None:  # a volume to predict
-            v.areas = [0] * v.depth
-        for k0 in range(0, v.depth, CHUNK) if v.label is not None else ():
+            top, v.areas = 0, [0] * v.depth
+        else:
+            top = self._scan_label(v, classes)
+        if self.window is None:
+            ks = np.unique(np.linspace(0, v.depth - 1, min(MAX_STAT_SLICES, v.depth)).round().astype(int))
+            sample = np.concatenate([_slice(v.image, int(k), v.image_path).ravel() for k in ks]).astype(np.float64)
+            v.lo, v.hi = (float(x) for x in np.percentile(sample, self.percentiles))
+        else:
+            _slice(v.image, 0, v.image_path)  # readable
+        return top
+
+    @staticmethod
+    def _scan_label(v: _Volume, classes: int | None) -> int:
+        top = 0
+        for k0 in range(0, v.depth, CHUNK):
             slab = _slab(v.label, k0, min(k0 + CHUNK, v.depth), v.label_path)
             if np.any(slab != np.rint(slab)) or np.any(slab < 0):
                 raise DataError(f"label {v.label_path} (slices {k0}..) holds values that are not class ids 0, 1, 2, ...")
@@ -238,12 +250,6 @@ class NiftiDataset(Dataset):
                 raise DataError(f"--classes {classes} is smaller than the largest label value {m} (in {v.label_path})")
             top = max(top, m)
             v.areas.extend(int(a) for a in np.count_nonzero(slab, axis=(0, 1)))
-        if self.window is None:
-            ks = np.unique(np.linspace(0, v.depth - 1, min(MAX_STAT_SLICES, v.depth)).round().astype(int))
-            sample = np.concatenate([_slice(v.image, int(k), v.image_path).ravel() for k in ks]).astype(np.float64)
-            v.lo, v.hi = (float(x) for x in np.percentile(sample, self.percentiles))
-        else:
-            _slice(v.image, 0, v.image_path)  # readable
         return top
 
     @property
@@ -315,7 +321,7 @@ class NiftiDataset(Dataset):
         """``<outdir>/<case>_pred.nii.gz`` (uint8 class ids) and ``<case>_prob.nii.gz`` (uint8
         probability x 255: the foreground for a binary run, else one volume per foreground
         class along a 4th axis), on the input's grid and with its affine."""
-        return _VolumeWriter(Path(outdir), {v.case: v for v in self._test.volumes}, self.num_classes)
+        return _VolumeWriter(Path(outdir), {v.case: v for v in self._test.volumes})
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "root": str(self.root.resolve()),
@@ -328,8 +334,8 @@ class NiftiDataset(Dataset):
 class _VolumeWriter:
     """Collects a volume's slices as they come and writes it when the next volume starts."""
 
-    def __init__(self, outdir: Path, volumes: dict[str, _Volume], num_classes: int):
-        self.outdir, self.volumes, self.num_classes = outdir, volumes, num_classes
+    def __init__(self, outdir: Path, volumes: dict[str, _Volume]):
+        self.outdir, self.volumes = outdir, volumes
         self.files: list[Path] = []
         self._case: str | None = None
         self._pred: list[np.ndarray] = []
