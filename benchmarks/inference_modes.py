@@ -14,14 +14,11 @@ the run's threshold, from the same predictions that were timed.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import jax
-
+from benchmarks.timing import machine
 from unet_jax.data.drive import read_drive_split, resolve_drive_dir
 from unet_jax.evaluation import Evaluator
 from unet_jax.predictor import load_predictor
@@ -32,18 +29,6 @@ MODES = {
     "sliding window 256, overlap 0.5, gaussian": dict(window=256, overlap=0.5, blend="gaussian"),
     "whole image + flip TTA (4 flips)": dict(tta=True),
 }
-
-
-def cpu_description() -> str:
-    """CPU model, core count and whether it has AVX-512 (float32 kernels, and so timings, depend on it)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    vector = "AVX-512" if "avx512f" in flags else "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"
-    return f"{model}, {os.cpu_count()} logical CPUs, {vector}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -89,8 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         "images": len(examples), "rounds": args.rounds, "modes": rows,
         "note": "DRIVE test set (20 images, 565x584), figures within the FOV pooled over all images; images/s "
                 "from raw image in memory to probabilities at full size (preprocessing included, I/O excluded)",
-        "device": str(jax.devices()[0].device_kind), "cpu": cpu_description(),
-        "jax_version": jax.__version__,
+        "machine": machine(),
     }
     if args.out:
         atomic_write_json(Path(args.out), result)
