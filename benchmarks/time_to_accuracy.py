@@ -38,10 +38,9 @@ from benchmarks.train_step import model_kwargs
 from unet_jax import data, losses, models
 from unet_jax.config import RunConfig
 from unet_jax.data.base import Dataset
-from unet_jax.data.pipeline import make_train_iterator
 from unet_jax.evaluation import evaluate
 from unet_jax.training.loop import make_predict_fn
-from unet_jax.training.run import split_train_val, training_source
+from unet_jax.training.run import split_train_val, training_data, training_source
 from unet_jax.training.state import TrainState, make_optimizer, make_schedule
 from unet_jax.training.steps import train_step
 
@@ -136,11 +135,8 @@ def run(cfg: RunConfig, dataset: Dataset, *, max_seconds: float, eval_every: int
     source = training_source(cfg, dataset, fit_src, progress)
     twin, variables = _twins(cfg, dataset.channels, cfg.train.seed)
     runners = {"jax": _Jax(cfg, variables, dataset.channels), "torch": _Torch(cfg, twin)}
-    d = cfg.data
-    streams = {name: iter(make_train_iterator(
-        source, patch_size=d.patch_size, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
-        foreground_bias=d.foreground_bias, augment=d.augment, clip=d.preprocess.normalize == "unit"))
-        for name in runners}
+    host = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, on_device="no"))  # numpy batches for both
+    streams = {name: training_data(host, source, cfg.train.batch_size)[0] for name in runners}
 
     def score(r, src) -> dict:
         return evaluate(r.predict(), src, dataset.preprocess, num_classes=2, threshold=cfg.train.threshold).summary
