@@ -32,7 +32,7 @@ import numpy as np
 
 from unet_jax.data.base import Example
 
-__all__ = ["VolumeReporter", "largest_component", "lcc_method", "plot_dsc", "slice_dice", "volume_dice"]
+__all__ = ["CaseSlices", "VolumeReporter", "largest_component", "lcc_method", "plot_dsc", "slice_dice", "volume_dice"]
 
 SLICE_CONVENTION = "a slice whose label and prediction are both empty scores 1; one with only one of them empty scores 0"
 
@@ -194,6 +194,36 @@ def plot_dsc(names: list[str], dice: list[float], path: Path, *, title: str = ""
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
+class CaseSlices:
+    """Gathers a stream of slices into volumes: items of one case are collected until the
+    case changes, then ``on_volume(case, items)`` is called (and by :meth:`flush` for the
+    last one). A case that comes back after another one started is an error, since its
+    volume was already handed on."""
+
+    def __init__(self, on_volume: Callable[[str, list[Any]], None]):
+        self.on_volume = on_volume
+        self._case: str | None = None
+        self._items: list[Any] = []
+        self._done: set[str] = set()
+
+    def add(self, case: str, item: Any) -> None:
+        if case != self._case:
+            self.flush()
+            if case in self._done:
+                raise ValueError(f"the slices of {case} are not contiguous in the test source")
+            self._case = case
+        self._items.append(item)
+
+    def flush(self) -> None:
+        """Hands on the volume being collected, if any."""
+        if self._case is None:
+            return
+        case, items = self._case, self._items
+        self._case, self._items = None, []
+        self._done.add(case)
+        self.on_volume(case, items)
+
+
 class VolumeReporter:
     """The per-volume report of a test set (see the module docstring).
 
@@ -221,39 +251,28 @@ class VolumeReporter:
         self.write_overlays, self.write_gifs, self.gif_side = overlays, gifs, gif_side
         self.rows: list[dict[str, Any]] = []
         self.slice_rows: list[dict[str, Any]] = []
-        self._done: set[str] = set()
-        self._case: str | None = None
-        self._items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []  # (id, pred, label, gray)
+        self._slices = CaseSlices(self._close_volume)  # items: (id, pred, label, gray)
 
     def add(self, example: Example, probs: np.ndarray, pred: np.ndarray) -> None:
-        case = example.case_id
-        if case != self._case:
-            self._close_case()
-            if case in self._done:
-                raise ValueError(f"the slices of {case} are not contiguous in the test source")
-            self._case = case
         gray = to_gray(self.display(example))
-        self._items.append((example.id, np.asarray(pred, np.uint8), np.asarray(example.label, np.uint8), gray))
+        self._slices.add(example.case_id, (example.id, np.asarray(pred, np.uint8),
+                                           np.asarray(example.label, np.uint8), gray))
 
-    def _close_case(self) -> None:
-        if self._case is None:
-            return
-        ids = [i[0] for i in self._items]
-        pred = np.stack([i[1] for i in self._items])
-        label = np.stack([i[2] for i in self._items])
-        gray = [i[3] for i in self._items]
-        row: dict[str, Any] = {"case": self._case, "slices": len(ids)}
+    def _close_volume(self, case: str, items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        ids = [i[0] for i in items]
+        pred = np.stack([i[1] for i in items])
+        label = np.stack([i[2] for i in items])
+        gray = [i[3] for i in items]
+        row: dict[str, Any] = {"case": case, "slices": len(ids)}
         if self.labelled:
-            self._score(ids, pred, label, row)
+            self._score(case, ids, pred, label, row)
         else:
             row["pred_voxels"] = int(np.count_nonzero(pred))
         self.rows.append(row)
         if self.write_overlays or self.write_gifs:
-            self._pictures(ids, gray, pred, label)
-        self._done.add(self._case)
-        self._case, self._items = None, []
+            self._pictures(case, ids, gray, pred, label)
 
-    def _score(self, ids: list[str], pred: np.ndarray, label: np.ndarray, row: dict[str, Any]) -> None:
+    def _score(self, case: str, ids: list[str], pred: np.ndarray, label: np.ndarray, row: dict[str, Any]) -> None:
         """Fills `row` with the volume's Dice (with and without LCC); adds its slice rows."""
         post = keep_largest(pred, self.num_classes)
         d, d_lcc = volume_dice(pred, label, self.num_classes), volume_dice(post, label, self.num_classes)
@@ -266,10 +285,10 @@ class VolumeReporter:
         row["_empty"] = empty
         sd = slice_dice(pred, label, self.num_classes)
         for sid, p, y, s in zip(ids, pred, label, sd):
-            self.slice_rows.append({"id": sid, "case": self._case, "dice": float(np.mean(s)),
+            self.slice_rows.append({"id": sid, "case": case, "dice": float(np.mean(s)),
                                     "label_empty": not np.any(y > 0), "pred_empty": not np.any(p > 0)})
 
-    def _pictures(self, ids: list[str], gray: list[np.ndarray], pred: np.ndarray, label: np.ndarray) -> None:
+    def _pictures(self, case: str, ids: list[str], gray: list[np.ndarray], pred: np.ndarray, label: np.ndarray) -> None:
         from unet_jax.workdir import atomic_write_png
 
         frames = [outline_picture(g, p, y) for g, p, y in zip(gray, pred, label)]
@@ -279,7 +298,7 @@ class VolumeReporter:
                     atomic_write_png(self.workdir / "overlays" / f"{sid}.png", f)
         if self.write_gifs:  # outlines drawn at the GIF's size, so that they stay one pixel wide
             small = [outline_picture(*_shrink(g, p, y, self.gif_side)) for g, p, y in zip(gray, pred, label)]
-            write_gif(self.workdir / "gifs" / f"{self._case}.gif", small, max_side=self.gif_side)
+            write_gif(self.workdir / "gifs" / f"{case}.gif", small, max_side=self.gif_side)
 
     def per_volume_rows(self) -> list[dict[str, Any]]:
         """One row per closed volume: its Dice with and without LCC, slices, voxel counts."""
@@ -290,7 +309,7 @@ class VolumeReporter:
         returns the summary (for results.json)."""
         from unet_jax.workdir import atomic_write_csv
 
-        self._close_case()
+        self._slices.flush()
         workdir, ignore_empty, title = self.workdir, self.ignore_empty, self.title
         rows = self.per_volume_rows()
         if not rows:

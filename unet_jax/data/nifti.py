@@ -335,32 +335,25 @@ class _VolumeWriter:
     """Collects a volume's slices as they come and writes it when the next volume starts."""
 
     def __init__(self, outdir: Path, volumes: dict[str, _Volume]):
+        from unet_jax.volumes import CaseSlices
+
         self.outdir, self.volumes = outdir, volumes
         self.files: list[Path] = []
-        self._case: str | None = None
-        self._pred: list[np.ndarray] = []
-        self._prob: list[np.ndarray] = []
+        self._slices = CaseSlices(self._write)  # items: (pred, prob)
 
     def add(self, example: Example, probs: np.ndarray, pred: np.ndarray) -> None:
-        if example.case_id != self._case:
-            self._write()
-            self._case = example.case_id
         fg = probs if probs.ndim == 2 else probs[..., 1:]
-        self._pred.append(np.asarray(pred, np.uint8))
-        self._prob.append(np.rint(np.clip(fg, 0.0, 1.0) * 255).astype(np.uint8))
+        self._slices.add(example.case_id, (np.asarray(pred, np.uint8),
+                                           np.rint(np.clip(fg, 0.0, 1.0) * 255).astype(np.uint8)))
 
-    def _write(self) -> None:
-        if self._case is None:
-            return
-        src = self.volumes[self._case].image
-        pred = np.stack(self._pred, axis=2)  # slices were cut along the third array axis
-        prob = np.stack(self._prob, axis=2)
-        for kind, array in (("pred", pred), ("prob", prob)):
-            self.files.append(_save_like(src, array, self.outdir / f"{self._case}_{kind}.nii.gz"))
-        self._case, self._pred, self._prob = None, [], []
+    def _write(self, case: str, items: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        src = self.volumes[case].image
+        for kind, k in (("pred", 0), ("prob", 1)):  # slices were cut along the third array axis
+            array = np.stack([item[k] for item in items], axis=2)
+            self.files.append(_save_like(src, array, self.outdir / f"{case}_{kind}.nii.gz"))
 
     def finish(self) -> list[Path]:
-        self._write()
+        self._slices.flush()
         return self.files
 
 
