@@ -1,27 +1,56 @@
 """Transposed convolution vs its depth-to-space form, inside the full train step.
 
-    uv run python -m benchmarks.upsample --arch unet --patch-size 64 --batch-size 32
+    uv run python -m benchmarks.upsample --arch unet --points 32x64          # the DRIVE default recipe
+    uv run python -m benchmarks.upsample --points 32x64,32x256,8x512 --precision fp32 bf16   # a GPU sweep
 
 The two `--upsample` implementations have the same parameters and compute the same
-function (tests/test_upsample.py); this measures which is faster on this backend. The
-two jitted steps are interleaved in rounds (so machine noise hits both), each blocking
-on its result every step; medians, and the ratio taken within this one run. Writes
-benchmarks/results/upsample_<device>.json (or --out).
+function (tests/test_upsample.py); this measures which is faster on this backend, for
+each batch x size point and precision. At each point the two jitted steps are interleaved
+in rounds (so machine noise hits both), each blocking on its result every step; medians,
+and the ratio taken within this one run. Writes benchmarks/results/upsample_<device>.json
+(or --out): one row per point and precision.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 
+from benchmarks.step_time import parse_points
+from benchmarks.timing import device_slug, first_call_s, interleaved_medians, machine
 from benchmarks.train_step import setup
 
 MODES = ("transpose", "depth_to_space")
+
+
+def compare(arch: str, features: int, depth: int, batch_size: int, patch_size: int, precision: str, *,
+            steps: int, rounds: int) -> dict:
+    """Both implementations' train steps at one point, interleaved; their medians and ratio."""
+    dtype = jnp.bfloat16 if precision == "bf16" else None
+    runners, compile_s = {}, {}
+    for mode in MODES:
+        step, state, batch = setup(arch, features, depth, 1, patch_size, batch_size, upsample=mode, dtype=dtype)
+        held = {"state": state, "batch": jax.device_put(batch)}
+
+        def run(step=step, held=held):  # the step donates its state: keep the new one
+            held["state"], m = step(held["state"], held["batch"])
+            jax.block_until_ready(m)
+
+        compile_s[mode] = first_call_s(run)
+        runners[mode] = run
+    med = interleaved_medians(runners, steps=steps, warmup=1, rounds=rounds)
+    return {
+        "batch_size": batch_size, "patch_size": patch_size, "precision": precision,
+        "steps_timed_each": med[MODES[0]]["calls"],
+        **{f"{m}_first_step_s": compile_s[m] for m in MODES},
+        **{f"{m}_median_step_s": med[m]["median_s"] for m in MODES},
+        **{f"{m}_images_per_s": batch_size / med[m]["median_s"] for m in MODES},
+        "depth_to_space_speedup": med["transpose"]["median_s"] / med["depth_to_space"]["median_s"],
+    }
 
 
 def main() -> None:
@@ -29,44 +58,26 @@ def main() -> None:
     p.add_argument("--arch", default="unet", choices=["unet", "attention_unet", "unetpp"])
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--patch-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--steps-per-round", type=int, default=6)
+    p.add_argument("--points", default="32x64", help="BATCHxSIZE,... (default: the DRIVE recipe's batch 32 of 64x64)")
+    p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
+    p.add_argument("--steps", type=int, default=30, help="timed steps per implementation and point")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the timed steps are split into")
     p.add_argument("--out", default=None)
     a = p.parse_args()
+    try:
+        points = parse_points(a.points)
+    except ValueError:
+        p.error(f"--points {a.points!r}: expected BATCHxSIZE[,BATCHxSIZE...], e.g. 32x64,8x512")
 
-    runs, compile_s, times = {}, {}, {m: [] for m in MODES}
-    for mode in MODES:
-        step, state, batch = setup(a.arch, a.features, a.depth, 1, a.patch_size, a.batch_size, upsample=mode)
-        batch = jax.device_put(batch)
-        t = time.perf_counter()
-        state, m = step(state, batch)
-        jax.block_until_ready(m)
-        compile_s[mode] = time.perf_counter() - t
-        runs[mode] = [step, state, batch]
-    for _ in range(a.rounds):
-        for mode in MODES:
-            step, state, batch = runs[mode]
-            for _ in range(a.steps_per_round):
-                t = time.perf_counter()
-                state, m = step(state, batch)
-                jax.block_until_ready(m)
-                times[mode].append(time.perf_counter() - t)
-            runs[mode][1] = state
-    med = {m: float(np.median(times[m])) for m in MODES}
-    device = jax.devices()[0].device_kind
-    result = {
-        "arch": a.arch, "features": a.features, "depth": a.depth, "patch_size": a.patch_size,
-        "batch_size": a.batch_size, "device": device, "jax": jax.__version__, "steps_timed_each": len(times[MODES[0]]),
-        **{f"{m}_first_step_s": compile_s[m] for m in MODES},
-        **{f"{m}_median_step_s": med[m] for m in MODES},
-        **{f"{m}_images_per_s": a.batch_size / med[m] for m in MODES},
-        "depth_to_space_speedup": med["transpose"] / med["depth_to_space"],
-    }
-    print(json.dumps(result, indent=2))
-    out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"upsample_{device.replace(' ', '_').lower()}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result = {"arch": a.arch, "features": a.features, "depth": a.depth, "machine": machine(), "rows": []}
+    out = Path(a.out) if a.out else Path(__file__).parent / "results" / f"upsample_{device_slug()}.json"
+    for batch_size, size in points:
+        for precision in a.precision:
+            row = compare(a.arch, a.features, a.depth, batch_size, size, precision, steps=a.steps, rounds=a.rounds)
+            print(json.dumps(row), flush=True)
+            result["rows"].append(row)
+            out.write_text(json.dumps(result, indent=2) + "\n")  # after every row: a sweep cut short keeps them
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
