@@ -44,6 +44,7 @@ import numpy as np
 
 from unet_jax.data.base import DataError
 from unet_jax.data.imageio import read_image
+from unet_jax.predict import add_inference_args, inference_options
 
 __all__ = ["UploadError", "decode_upload", "make_server", "main", "predict_payload"]
 
@@ -263,7 +264,7 @@ def make_server(predictor: Any, *, host: str = "127.0.0.1", port: int = 8000,
                 run: str = "", quiet: bool = False) -> AppServer:
     """The app's server for a loaded :class:`unet_jax.predictor.Predictor` (not yet serving:
     call ``serve_forever()``). ``port=0`` picks a free port (see ``.url``). `options` are
-    the predictor's keyword arguments (tta, window, overlap, scale)."""
+    the predictor's keyword arguments (tta, window, overlap, blend, scale)."""
     return AppServer((host, port), predictor, options=dict(options or {}),
                      max_upload_bytes=int(max_upload_mb * 2**20), run=run, quiet=quiet)
 
@@ -276,13 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload accepted")
-    p.add_argument("--tta", choices=["none", "flip", "flip8"], default="none",
-                   help="test-time augmentation: mean over the 4 flips, or flips and transposes")
-    p.add_argument("--window", type=int, default=None, help="sliding-window side (default: whole image, "
-                                                            "windows of 512 above 2048x2048 pixels)")
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap")
-    p.add_argument("--scale", type=float, default=1.0, help="resample inputs by this factor to the training "
-                                                           "data's pixel scale (predictions are mapped back)")
+    add_inference_args(p)
     return p
 
 
@@ -297,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PredictorError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    options = dict(tta={"none": False, "flip": True, "flip8": 8}[args.tta], window=args.window,
-                   overlap=args.overlap, scale=args.scale)
+    options = {**inference_options(args), "scale": args.scale}
     # Compile now (at one size) so that a broken run fails here, not on the first upload;
     # a run trained on volumes refuses single images here, with what it predicts instead.
     try:

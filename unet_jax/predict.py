@@ -93,15 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="folder of ground-truth masks (NIfTI runs: label volumes): "
                                                   "also write metrics")
     p.add_argument("--fov-masks", default=None, help="folder of valid-region masks (e.g. DRIVE's FOV)")
-    p.add_argument("--tta", choices=["none", "flip", "flip8"], default="none",
-                   help="test-time augmentation: mean over the 4 flips, or flips and transposes")
-    p.add_argument("--window", type=int, default=None, help="sliding-window side (default: whole image, "
-                                                            "windows of 512 above 2048x2048 pixels)")
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap")
-    p.add_argument("--blend", choices=["gaussian", "constant"], default="gaussian", help="sliding-window blending")
     p.add_argument("--threshold", type=float, default=None, help="binary: mask threshold (default: the run's)")
-    p.add_argument("--scale", type=float, default=1.0, help="resample inputs by this factor to the training "
-                                                           "data's pixel scale (predictions are mapped back)")
+    add_inference_args(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
@@ -148,8 +141,22 @@ def predict_files(args: argparse.Namespace) -> dict:
     return summary
 
 
+def add_inference_args(p: argparse.ArgumentParser) -> None:
+    """The predictor's options as flags (this command's and the app's): --tta, --window,
+    --overlap, --blend, --scale."""
+    p.add_argument("--tta", choices=["none", "flip", "flip8"], default="none",
+                   help="test-time augmentation: mean over the 4 flips, or flips and transposes")
+    p.add_argument("--window", type=int, default=None, help="sliding-window side (default: whole image, "
+                                                            "windows of 512 above 2048x2048 pixels)")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap")
+    p.add_argument("--blend", choices=["gaussian", "constant"], default="gaussian", help="sliding-window blending")
+    p.add_argument("--scale", type=float, default=1.0, help="resample inputs by this factor to the training "
+                                                           "data's pixel scale (predictions are mapped back)")
+
+
 def inference_options(args: argparse.Namespace) -> dict:
-    """The predictor's keyword options (TTA, sliding window) from the command line."""
+    """The predictor's keyword options (TTA, sliding window; not --scale, which volume runs
+    refuse) from the flags of :func:`add_inference_args`."""
     return dict(tta={"none": False, "flip": True, "flip8": 8}[args.tta], window=args.window, overlap=args.overlap,
                 blend=args.blend)
 
