@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from unet_jax import models
+from unet_jax.training.state import init_variables
 
 
 def _init(model, shape):
@@ -54,7 +55,7 @@ def test_param_count_matches_formula(features, depth, cin, cout, up):
 def test_output_shape_equals_input_shape(hw, up):
     model = models.create("unet", features=4, depth=3, in_channels=1, out_channels=2, upsample=up)
     x = jax.random.normal(jax.random.key(1), (2, *hw, 1))
-    v = model.init(jax.random.key(0), x, train=False)
+    v = init_variables(model, x.shape, jax.random.key(0))
     y = model.apply(v, x, train=False)
     assert y.shape == (2, *hw, 2)
     y_train, upd = model.apply(v, x, train=True, mutable=["batch_stats"])
@@ -66,7 +67,7 @@ def test_padding_does_not_leak_between_images():
     # predicting it inside a batch (would fail if padding/cropping mixed up axes).
     model = models.create("unet", features=4, depth=2, in_channels=1)
     x = jax.random.normal(jax.random.key(2), (3, 21, 19, 1))
-    v = model.init(jax.random.key(0), x, train=False)
+    v = init_variables(model, x.shape, jax.random.key(0))
     np.testing.assert_allclose(
         model.apply(v, x, train=False)[1:2], model.apply(v, x[1:2], train=False), atol=1e-5
     )
@@ -75,7 +76,7 @@ def test_padding_does_not_leak_between_images():
 def test_bf16_compute_keeps_float32_params_and_output():
     model = models.create("unet", features=4, depth=2, in_channels=1, dtype=jnp.bfloat16)
     x = jnp.ones((1, 16, 16, 1))
-    v = model.init(jax.random.key(0), x, train=False)
+    v = init_variables(model, x.shape, jax.random.key(0))
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(v["params"]))
     assert model.apply(v, x, train=False).dtype == jnp.float32
 
@@ -92,3 +93,15 @@ def test_wrong_channel_count_is_a_clear_error():
     model = models.create("unet", features=4, depth=2, in_channels=3)
     with pytest.raises(ValueError, match="3 channels"):
         model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)), train=False)
+
+
+def test_init_variables_gives_the_bits_of_a_default_compile():
+    # create_train_state compiles the initialisers at a lower XLA optimisation level on CPU
+    # (much faster to compile); the parameters must be exactly those of plain jit(model.init).
+    model = models.create("attention_unet", features=4, depth=1, in_channels=3, out_channels=2)
+    shape, rng = (1, 16, 16, 3), jax.random.key(7)
+    want = jax.jit(model.init, static_argnames="train")(rng, jnp.zeros(shape), train=False)
+    got = init_variables(model, shape, rng)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
