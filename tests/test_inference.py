@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from unet_jax import models
 from unet_jax.inference import flip_tta, gaussian_importance, sliding_window_inference, window_starts
+from unet_jax.training.state import init_variables
 
 ATOL = 1e-6
 W = np.random.default_rng(0).normal(size=(3, 2)).astype(np.float32)
@@ -84,7 +85,7 @@ def test_one_compile_per_image_size():
 def test_flip_tta_of_a_unet_is_flip_invariant():
     model = models.create("unet", features=2, depth=1, in_channels=3)
     x = jnp.asarray(np.random.default_rng(3).normal(size=(1, 8, 8, 3)), jnp.float32)
-    variables = model.init(jax.random.key(0), x)
+    variables = init_variables(model, x.shape, jax.random.key(0))
 
     def predict(batch):
         return jax.nn.sigmoid(model.apply(variables, batch))
