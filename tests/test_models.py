@@ -105,3 +105,5 @@ def test_init_variables_gives_the_bits_of_a_default_compile():
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Under jax.eval_shape (how checkpoints get their template) it traces instead of compiling.
+    assert jax.eval_shape(lambda: init_variables(model, shape, rng)) == jax.eval_shape(lambda: want)

@@ -64,10 +64,13 @@ def init_variables(model: nn.Module, input_shape: tuple[int, ...], rng: jax.Arra
     """``model.init`` on zeros of `input_shape`, compiled as one program.
 
     On CPU it is compiled at XLA backend optimisation level 1: at the default level XLA
-    spends most of a run's start-up (about 15 s for a 16-feature U-Net on 2 cores) optimising
-    the random-number code of the ~100 initialisers, which then runs once, for milliseconds.
-    Level 1 compiles in a few seconds and gives the same bits (tests/test_models.py).
+    spends seconds optimising the random-number code of the initialisers, which then runs
+    once, for milliseconds (a 16-feature U-Net on an idle 2-core CPU: 9.1 s, at level 1
+    3.1 s; benchmarks/init_compile.py). The bits are the same (tests/test_models.py).
     """
-    lowered = jax.jit(lambda r: model.init(r, jnp.zeros(input_shape, jnp.float32), train=False)).lower(rng)
-    options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
-    return lowered.compile(compiler_options=options)(rng)
+    # Under a transformation (jax.eval_shape of a state template, an outer jit) nothing is
+    # compiled here, and jax accepts compiler options on the outermost jit only.
+    traced = isinstance(jnp.zeros(()), jax.core.Tracer)  # every op is staged while tracing
+    options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" and not traced else None
+    init = jax.jit(lambda r: model.init(r, jnp.zeros(input_shape, jnp.float32), train=False), compiler_options=options)
+    return init(rng)
