@@ -84,6 +84,13 @@ def test_invalid_number_names_the_flag(tmp_path, capsys):
     assert "--patch-size" in capsys.readouterr().err
 
 
+def test_per_image_loss_without_the_option_is_refused_before_writing(tmp_path, capsys):
+    wd = tmp_path / "x"
+    assert drive.main(TINY + ["--loss", "bce", "--loss-per-image", "--workdir", str(wd)]) == 2
+    assert "'bce' has no per-image form" in capsys.readouterr().err
+    assert not wd.exists()
+
+
 def test_existing_run_is_not_overwritten(tmp_path, capsys):
     wd = tmp_path / "run"
     wd.mkdir()

@@ -440,6 +440,24 @@ def test_cldice_rejects_multiclass():
 # --------------------------------------------------------------------------- registry / heads
 
 
+@SETTINGS
+@given(case=cases())
+def test_get_loss_per_image_binds_the_option(case):
+    """The per-image form averages each image's Dice (numpy reference), BCE unchanged."""
+    x, labels, mask, xr, yr, wr = case
+    assert_close(losses.get_loss("dice", per_image=True)(x, labels, mask=mask), ref_dice(xr, yr, wr, per_image=True),
+                 rtol=1e-3, atol=1e-4)
+    assert_close(losses.get_loss("bce_dice", per_image=True)(x, labels, mask=mask),
+                 ref_bce(xr, yr, wr) + ref_dice(xr, yr, wr, per_image=True), rtol=1e-3, atol=1e-4)
+
+
+def test_get_loss_per_image_refuses_losses_without_the_option():
+    for name in ["bce", "focal", "mse", "cldice"]:
+        with pytest.raises(ValueError, match=f"{name!r} has no per-image form") as err:
+            losses.get_loss(name, per_image=True)
+        assert "bce_dice, dice, soft_iou, tversky" in str(err.value)
+
+
 def test_registry_and_get_loss():
     assert set(losses.LOSSES) == {"bce", "dice", "bce_dice", "soft_iou", "focal", "tversky", "mse", "cldice"}
     for name, fn in losses.LOSSES.items():

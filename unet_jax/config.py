@@ -196,6 +196,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0  # global-norm clip; 0 disables
     loss: str = "bce_dice"
+    # Overlap terms (Dice, IoU, Tversky) per image, then averaged, instead of pooled over the
+    # batch: small lesions weigh as much as large ones (MONAI DiceLoss's batch=False).
+    loss_per_image: bool = False
     seed: int = 0
     eval_every: int = 250
     log_every: int = 25

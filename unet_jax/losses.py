@@ -25,6 +25,8 @@ from ``jax.nn.log_sigmoid`` / ``jax.nn.log_softmax``, so the losses stay finite 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -468,12 +470,23 @@ LOSSES: dict[str, LossFn] = {
 }
 
 
-def get_loss(name: str) -> LossFn:
-    """Looks up a loss in :data:`LOSSES`; raises ``ValueError`` for unknown names."""
+def get_loss(name: str, *, per_image: bool = False) -> LossFn:
+    """Looks up a loss in :data:`LOSSES`; raises ``ValueError`` for unknown names.
+
+    ``per_image=True`` returns the loss with its ``per_image`` option bound (overlap sums
+    per image, then averaged: MONAI ``DiceLoss(batch=False)``), so a small lesion weighs as
+    much as a large one; a loss without that option raises ``ValueError``.
+    """
     try:
-        return LOSSES[name]
+        fn = LOSSES[name]
     except (KeyError, TypeError):
         raise ValueError(f"Unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}") from None
+    if not per_image:
+        return fn
+    if "per_image" not in inspect.signature(fn).parameters:
+        with_option = sorted(n for n, f in LOSSES.items() if "per_image" in inspect.signature(f).parameters)
+        raise ValueError(f"loss {name!r} has no per-image form; per-image losses: {', '.join(with_option)}")
+    return functools.partial(fn, per_image=True)
 
 
 def deep_supervision_loss(

@@ -251,6 +251,7 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
     fit_src, val_src = (train_all, fixed_val or None) if fixed_val is not None else split_train_val(cfg, train_all)
     if len(test_src) == 0:
         raise ValueError(f"the {dataset.name} test split is empty: nothing to report figures on")
+    loss_fn = losses.get_loss(cfg.train.loss, per_image=cfg.train.loss_per_image)
     if is_main:
         prepare_workdir(workdir, overwrite=overwrite, resume=resume)
     if jax.process_count() > 1:
@@ -284,7 +285,7 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
 
     recorder = Recorder(workdir, append=resume, purge_step=start_step + 1 if resume else None) if is_main else None
     try:
-        state, stats = fit(state, batches, cfg=cfg.train, loss_fn=losses.get_loss(cfg.train.loss), recorder=recorder,
+        state, stats = fit(state, batches, cfg=cfg.train, loss_fn=loss_fn, recorder=recorder,
                            validate=make_validator(cfg, dataset, val_src) if val_src is not None else None,
                            progress=progress, mesh=mesh, checkpointer=ckpt, sampler=sampler)
         ev, best_block, test_eval_s, extra = _test(parallel.local_copy(state), ckpt, cfg, dataset, test_src,
