@@ -102,8 +102,9 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps, optimizer=a.optimizer,
         weight_decay=a.weight_decay, loss=a.loss, loss_per_image=a.loss_per_image, seed=a.seed,
-        eval_every=a.eval_every, log_every=a.log_every, threshold=a.threshold, ignore_empty=a.ignore_empty, select=a.select, precision=a.precision, bn_sync=a.bn_sync,
-        checkpoint_every=a.checkpoint_every, keep=a.keep, steps_per_call=a.steps_per_call,
+        eval_every=a.eval_every, log_every=a.log_every, threshold=a.threshold, ignore_empty=a.ignore_empty,
+        select=a.select, precision=a.precision, bn_sync=a.bn_sync, checkpoint_every=a.checkpoint_every, keep=a.keep,
+        steps_per_call=a.steps_per_call,
     )
 
 
