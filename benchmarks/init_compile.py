@@ -14,22 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.timing import device_slug, machine
+from benchmarks.timing import device_slug, machine, timed_call
 from unet_jax import models
 from unet_jax.training.state import init_variables
-
-
-def _timed(fn) -> tuple[float, object]:
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn())
-    return time.perf_counter() - t, out
 
 
 def measure(arch: str, features: int, shape: tuple[int, ...], rounds: int) -> dict[str, object]:
@@ -38,9 +31,9 @@ def measure(arch: str, features: int, shape: tuple[int, ...], rounds: int) -> di
     rng = jax.random.key(0)
     plain_s, library_s, same = [], [], True
     for _ in range(rounds):
-        t, want = _timed(lambda: jax.jit(model.init, static_argnames="train")(rng, jnp.zeros(shape), train=False))
+        t, want = timed_call(lambda: jax.jit(model.init, static_argnames="train")(rng, jnp.zeros(shape), train=False))
         plain_s.append(t)
-        t, got = _timed(lambda: init_variables(model, shape, rng))
+        t, got = timed_call(lambda: init_variables(model, shape, rng))
         library_s.append(t)
         same &= all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)))
     plain, library = statistics.median(plain_s), statistics.median(library_s)

@@ -12,11 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def first_call_s(fn: Callable[[], object]) -> float:
-    """Seconds of one call of `fn` (which must synchronise): compile or warm-up time."""
+def timed_call(fn: Callable[[], object]) -> tuple[float, object]:
+    """``(seconds, output)`` of one call of `fn`, its output synchronised."""
     t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+    out = jax.block_until_ready(fn())
+    return time.perf_counter() - t, out
+
+
+def first_call_s(fn: Callable[[], object]) -> float:
+    """Seconds of one call of `fn`: compile or warm-up time."""
+    return timed_call(fn)[0]
 
 
 def interleaved_medians(runners: dict[str, Callable[[], object]], *, steps: int, warmup: int,
