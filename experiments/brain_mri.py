@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_jax import cli, data
-from unet_jax.config import AugmentConfig, DataConfig, PreprocessConfig, RunConfig
+from unet_jax.config import AugmentConfig, ConfigError, DataConfig, PreprocessConfig, RunConfig
 
 DEFAULT_SPLIT = Path(__file__).parent / "splits" / "lgg_50.json"
 
@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-size", type=float, default=0.1, help="with --folds: training patients held out for "
                                                                "validation (a fraction, or a count if >= 1)")
     g.add_argument("--image-size", type=int, default=256, help="side of the model's input after crop and pad")
+    g.add_argument("--patch-size", type=int, default=None,
+                   help="train on square crops of this side cut from the --image-size slices (default: the whole "
+                        "slice); inference always sees whole slices")
+    g.add_argument("--foreground-bias", type=float, default=0.0,
+                   help="with --patch-size: probability that a crop is centred on an abnormal pixel")
     g.add_argument("--no-crop", dest="crop", action="store_false", help="do not crop to the brain's bounding box")
     g.add_argument("--no-rescale", dest="rescale", action="store_false",
                    help="no per-volume 10th-99th percentile rescale")
@@ -90,6 +95,9 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
     """The run's configuration and its dataset (every slice checked before training)."""
     from unet_jax.data.lgg import resolve_lgg_dir
 
+    if a.patch_size is not None and not 0 < a.patch_size <= a.image_size:
+        raise ConfigError("data.patch_size", a.patch_size, f"crops come from the --image-size {a.image_size} "
+                                                           f"slices: use a side from 16 up to {a.image_size}")
     options: dict[str, Any] = {
         "root": str(resolve_lgg_dir(a.data_dir)), "split": a.split, "split_seed": a.split_seed,
         "val_fraction": a.val_fraction, "test_fraction": a.test_fraction, "folds": a.folds, "fold": a.fold,
@@ -100,7 +108,8 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
     cfg = RunConfig(
         model=cli.model_config(a),
         data=DataConfig(dataset="lgg", options=options, preprocess=pre, augment=augment_config(a),
-                        patch_size=a.image_size, val_size=a.val_size, workers=a.workers, cache_mb=a.cache_mb),
+                        patch_size=a.patch_size or a.image_size, foreground_bias=a.foreground_bias,
+                        val_size=a.val_size, workers=a.workers, cache_mb=a.cache_mb),
         train=cli.train_config(a),
     )
     return cfg, dataset

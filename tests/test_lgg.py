@@ -187,6 +187,22 @@ def test_entry_point_folds_leave_validation_patients_to_the_engine(tmp_path):
                                              contrast=0.0, scale=0.05, rotate=15.0)
 
 
+def test_entry_point_crops_for_training_only_from_the_resized_slices(tmp_path):
+    from experiments import brain_mri
+
+    for i in range(3):
+        write_patient(tmp_path, f"P_{i}", 2, seed=i, size=16)
+    common = ["--data-dir", str(tmp_path), "--image-size", "32", "--no-progress"]
+    cfg, _ = brain_mri.build(brain_mri.build_parser().parse_args(common))
+    assert (cfg.data.patch_size, cfg.data.foreground_bias, cfg.data.preprocess.image_size) == (32, 0.0, 32)
+    cfg, _ = brain_mri.build(brain_mri.build_parser().parse_args(
+        common + ["--patch-size", "16", "--foreground-bias", "0.5"]))
+    assert (cfg.data.patch_size, cfg.data.foreground_bias, cfg.data.preprocess.image_size) == (16, 0.5, 32)
+    run = tmp_path / "run"
+    assert brain_mri.main(common + ["--patch-size", "64", "--workdir", str(run)]) == 2
+    assert not run.exists()
+
+
 @needs_lgg
 def test_committed_split_is_the_seeded_split_of_the_shared_patients():
     spec = json.loads(SPLIT_50.read_text())
