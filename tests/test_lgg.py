@@ -187,7 +187,7 @@ def test_entry_point_folds_leave_validation_patients_to_the_engine(tmp_path):
                                              contrast=0.0, scale=0.05, rotate=15.0)
 
 
-def test_entry_point_crops_for_training_only_from_the_resized_slices(tmp_path):
+def test_entry_point_patch_size_defaults_to_the_whole_slice_and_is_checked(tmp_path):
     from experiments import brain_mri
 
     for i in range(3):
