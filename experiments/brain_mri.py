@@ -53,11 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-size", type=float, default=0.1, help="with --folds: training patients held out for "
                                                                "validation (a fraction, or a count if >= 1)")
     g.add_argument("--image-size", type=int, default=256, help="side of the model's input after crop and pad")
-    g.add_argument("--patch-size", type=int, default=None,
-                   help="train on square crops of this side cut from the --image-size slices (default: the whole "
-                        "slice); inference always sees whole slices")
-    g.add_argument("--foreground-bias", type=float, default=0.0,
-                   help="with --patch-size: probability that a crop is centred on an abnormal pixel")
+    cli.add_patch_args(g)
     g.add_argument("--no-crop", dest="crop", action="store_false", help="do not crop to the brain's bounding box")
     g.add_argument("--no-rescale", dest="rescale", action="store_false",
                    help="no per-volume 10th-99th percentile rescale")
@@ -108,7 +104,7 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
     cfg = RunConfig(
         model=cli.model_config(a),
         data=DataConfig(dataset="lgg", options=options, preprocess=pre, augment=augment_config(a),
-                        patch_size=a.patch_size or a.image_size, foreground_bias=a.foreground_bias,
+                        patch_size=cli.patch_size(a), foreground_bias=a.foreground_bias,
                         val_size=a.val_size, workers=a.workers, cache_mb=a.cache_mb),
         train=cli.train_config(a),
     )

@@ -44,9 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zscore: each image to mean 0, std 1; unit: divide by 255 (or 65535)")
     g.add_argument("--clahe", action="store_true", help="CLAHE contrast equalisation before normalising")
     g.add_argument("--image-size", type=int, default=None, help="resize every image to this square size")
-    g.add_argument("--patch-size", type=int, default=None, help="training patch side (default: --image-size, else 64)")
-    g.add_argument("--foreground-bias", type=float, default=0.0,
-                   help="probability that a patch is centred on a foreground pixel")
+    cli.add_patch_args(g)
     g.add_argument("--val-size", type=float, default=0.1, help="training files held out for validation: a "
                                                                "fraction, or a count if >= 1")
     g.add_argument("--cache-mb", type=int, default=DataConfig().cache_mb,
@@ -63,13 +61,12 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
     dataset = data.get("folder", progress=a.progress, **options)
     channels = dataset.stored_channels() if a.channels == "auto" else a.channels
     pre = PreprocessConfig(channels=channels, clahe=a.clahe, normalize=a.normalize, image_size=a.image_size)
-    patch = a.patch_size or a.image_size or 64
     # The resolved class count goes into the config, so config.json says what was trained.
     options["classes"] = dataset.num_classes
     cfg = RunConfig(
         model=cli.model_config(a),
         data=DataConfig(dataset="folder", options=options, preprocess=pre, augment=cli.augment_config(a),
-                        patch_size=patch, foreground_bias=a.foreground_bias, val_size=a.val_size,
+                        patch_size=cli.patch_size(a), foreground_bias=a.foreground_bias, val_size=a.val_size,
                         workers=a.workers, cache_mb=a.cache_mb, on_device=a.data_on_device),
         train=cli.train_config(a),
     )

@@ -46,9 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-size", type=float, default=0.1, help="training volumes held out for validation (fraction, "
                                                                "or a count if >= 1)")
     g.add_argument("--image-size", type=int, default=None, help="resize every slice to this square size")
-    g.add_argument("--patch-size", type=int, default=None, help="training patch side (default: --image-size, else 64)")
-    g.add_argument("--foreground-bias", type=float, default=0.5,
-                   help="probability that a patch is centred on a labelled voxel")
+    cli.add_patch_args(g, foreground_bias=0.5)
     g.add_argument("--cache-mb", type=int, default=DataConfig().cache_mb)
     cli.add_augment_args(g)
     cli.add_training_args(p)
@@ -65,7 +63,7 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
     cfg = RunConfig(
         model=cli.model_config(a),
         data=DataConfig(dataset="nifti", options=options, preprocess=pre, augment=cli.augment_config(a),
-                        patch_size=a.patch_size or a.image_size or 64, foreground_bias=a.foreground_bias,
+                        patch_size=cli.patch_size(a), foreground_bias=a.foreground_bias,
                         val_size=a.val_size, workers=a.workers, cache_mb=a.cache_mb),
         train=cli.train_config(a),
     )

@@ -85,6 +85,20 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
+def add_patch_args(g: argparse._ArgumentGroup, *, foreground_bias: float = 0.0) -> None:
+    """--patch-size and --foreground-bias: training on square crops of the preprocessed images
+    (read back with :func:`patch_size`); inference always sees whole images."""
+    g.add_argument("--patch-size", type=int, default=None,
+                   help="training patch side (default: --image-size, else 64); inference sees whole images")
+    g.add_argument("--foreground-bias", type=float, default=foreground_bias,
+                   help="probability that a patch is centred on a foreground pixel instead of anywhere")
+
+
+def patch_size(a: argparse.Namespace) -> int:
+    """The training patch side: --patch-size, else --image-size, else 64."""
+    return a.patch_size or a.image_size or 64
+
+
 def add_augment_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--no-augment", dest="augment", action="store_false",
                    help="disable flips, rotations and intensity jitter")
