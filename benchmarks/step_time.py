@@ -17,9 +17,11 @@ Measured, per (arch, batch, size, precision), in one process:
 
 Every mode gets `--warmup` untimed steps, then `--steps` timed, synchronised steps
 interleaved in rounds; the median gives images/s and the JAX/PyTorch ratio (>1: JAX
-faster). Model FLOPs come from XLA's cost analysis of the compiled JAX programs (the same
-network, so they are the model FLOPs of the twin too); achieved TFLOP/s = FLOPs / median,
-and its fraction of a large matmul of the same dtype measured in the same process.
+faster). Model FLOPs are counted from the JAX programs' jaxprs (benchmarks/flops.py: the
+same on every backend, and the same network as the twin); achieved TFLOP/s = FLOPs /
+median, and its fraction of a large matmul of the same dtype measured in the same process.
+``--recount-flops FILE`` recounts the FLOPs of a result written before they were counted
+this way (XLA's GPU cost analysis had counted no convolution) and updates its rates.
 Parameter counts of both frameworks are reported (they must be equal).
 
 ``--all`` sweeps the four architectures over ``--points`` and writes
@@ -40,6 +42,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from benchmarks.flops import model_flops
 from benchmarks.timing import device_slug, first_call_s, interleaved_medians, machine, matmul_peak_tflops
 from benchmarks.train_step import setup
 from unet_jax import models
@@ -74,16 +77,8 @@ def _jax_runners(arch: str, batch: int, size: int, precision: str, features: int
         "train": train_once, "infer": fwd_once, "host_batch": host_batch,
         "params": models.count_params(state.params),
         "train_compile_s": train_compile, "infer_compile_s": fwd_compile,
-        "train_flops": _flops(train), "infer_flops": _flops(fwd),
+        "train_flops": model_flops(step, state, dev_batch), "infer_flops": model_flops(fwd_jit, state, dev_batch["image"]),
     }
-
-
-def _flops(compiled) -> float | None:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):  # older jax: one dict per program
-        cost = cost[0] if cost else {}
-    flops = (cost or {}).get("flops")
-    return float(flops) if flops is not None else None
 
 
 def _torch_runners(arch: str, host_batch: dict, precision: str, features: int, depth: int,
@@ -158,16 +153,35 @@ def measure_point(arch: str, batch: int, size: int, precision: str, *, features:
             k, mode = name.split("/")
             if k != kind:
                 continue
-            tflops = flops / r["median_s"] / 1e12 if flops else None
-            modes[mode] = {
-                **r, "images_per_s": batch / r["median_s"], "first_call_s": first[name], "tflops": tflops,
-                "peak_fraction": tflops / peak if tflops and peak else None,
-            }
+            modes[mode] = {**r, "images_per_s": batch / r["median_s"], "first_call_s": first[name],
+                           **_rates(flops, r["median_s"], peak)}
         modes["jax"]["compile_s"] = j[f"{kind}_compile_s"]
         ratios = {f"jax_over_{m}": modes[m]["median_s"] / modes["jax"]["median_s"]
                   for m in TORCH_MODES if m in modes}
         point[kind] = {"flops": flops, "modes": modes, "ratios": ratios}
     return point
+
+
+def _rates(flops: float | None, median_s: float, peak: float | None) -> dict[str, float | None]:
+    tflops = flops / median_s / 1e12 if flops else None
+    return {"tflops": tflops, "peak_fraction": tflops / peak if tflops and peak else None}
+
+
+def recount_flops(result: dict[str, Any]) -> dict[str, Any]:
+    """`result` with every point's FLOPs counted again from the jaxprs, and the rates that follow."""
+    s = result["settings"]
+    for p in result["points"]:
+        if "error" in p:
+            continue
+        j = _jax_runners(p["arch"], p["batch_size"], p["image_size"], p["precision"], s["features"], s["depth"])
+        peak = result["matmul_peak"].get(p["precision"], {}).get("tflops")
+        for kind in ("train", "infer"):
+            p[kind]["flops"] = j[f"{kind}_flops"]
+            for r in p[kind]["modes"].values():
+                r.update(_rates(p[kind]["flops"], r["median_s"], peak))
+        _release()
+    result["flops_counted_by"] = "benchmarks/flops.py (jaxpr), recounted with --recount-flops"
+    return result
 
 
 def _cell(x: float | None, fmt: str) -> str:
@@ -225,7 +239,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-torch", dest="torch", action="store_false", help="JAX only")
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. why a sweep was cut)")
     p.add_argument("--out", default=None, help="JSON path (default with --all: benchmarks/results/step_time-<device>.json)")
+    p.add_argument("--recount-flops", metavar="FILE", default=None,
+                   help="recount the FLOPs of the result FILE (and its markdown table) instead of measuring")
     a = p.parse_args(argv)
+    if a.recount_flops:
+        path = Path(a.recount_flops)
+        result = recount_flops(json.loads(path.read_text()))
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        path.with_suffix(".md").write_text(markdown(result))
+        print(markdown(result))
+        return result
     # JAX and PyTorch share one GPU here: JAX must not take 75% of its memory up front
     # (read when JAX's backend starts, which no code has done before this point).
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -242,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {"steps": a.steps, "warmup": a.warmup, "rounds": a.rounds, "features": a.features,
                      "depth": a.depth, "channels": 1, "torch_compile": a.compile and a.torch, "torch": a.torch,
                      "optimizer": "AdamW (both)", "loss": "masked BCE + pooled soft Dice (both)"},
-        "note": a.note, "points": [],
+        "note": a.note, "flops_counted_by": "benchmarks/flops.py (jaxpr)", "points": [],
     }
     if a.torch:
         import torch

@@ -35,6 +35,25 @@ def test_tiny_sweep_writes_json_and_table(tmp_path):
     table = out.with_suffix(".md").read_text()
     assert "| unet | 2x32 | fp32 | train |" in table and "| unet | 2x32 | fp32 | infer |" in table
 
+    # --recount-flops rebuilds the point's programs: a file whose FLOPs were miscounted (XLA's
+    # GPU count missed every convolution) gets the sweep's own count and the rates that follow.
+    peak = r["matmul_peak"]["fp32"]["tflops"]
+    counted = {kind: p[kind]["flops"] for kind in ("train", "infer")}
+    for kind in ("train", "infer"):
+        r["points"][0][kind]["flops"] = 1.0
+        for mode in r["points"][0][kind]["modes"].values():
+            mode["tflops"] = mode["peak_fraction"] = 0.0
+    out.write_text(json.dumps(r))
+    step_time.main(["--recount-flops", str(out)])
+    again = json.loads(out.read_text())
+    assert again["flops_counted_by"].startswith("benchmarks/flops.py")
+    for kind in ("train", "infer"):
+        block = again["points"][0][kind]
+        assert block["flops"] == counted[kind]
+        for mode in block["modes"].values():
+            assert mode["tflops"] == pytest.approx(block["flops"] / mode["median_s"] / 1e12)
+            assert mode["peak_fraction"] == pytest.approx(mode["tflops"] / peak)
+
 
 def test_parse_points():
     assert step_time.parse_points("8x256,32X512") == [(8, 256), (32, 512)]
