@@ -24,11 +24,11 @@ from unet_jax.training.steps import train_step
 
 
 def model_kwargs(arch: str, features: int = 16, depth: int = 4, channels: int = 1,
-                 upsample: str = "transpose") -> dict:
+                 upsample: str = "transpose", pool: str = "window") -> dict:
     """`models.create` keyword arguments (fixed-width networks, resunet34, take no width/depth)."""
     cfg = {"in_channels": channels, "out_channels": 1}
     if "features" in models.options(arch):
-        cfg.update(features=features, depth=depth, upsample=upsample)
+        cfg.update(features=features, depth=depth, upsample=upsample, pool=pool)
     return cfg
 
 
@@ -44,13 +44,13 @@ def synthetic_batch(batch_size: int, patch_size: int, channels: int = 1, seed: i
 
 
 def setup(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_size=32, loss="bce_dice",
-          upsample="transpose", dtype=None):
+          upsample="transpose", dtype=None, pool="window"):
     """(jitted step donating its state, state, host batch) for a synthetic batch with ~12% foreground.
 
     `dtype` is the model's computation dtype (None: float32; jnp.bfloat16: the engine's
     bf16 policy, float32 parameters and loss).
     """
-    model = models.create(arch, dtype=dtype, **model_kwargs(arch, features, depth, channels, upsample))
+    model = models.create(arch, dtype=dtype, **model_kwargs(arch, features, depth, channels, upsample, pool))
     state = create_train_state(model, TrainConfig(), (1, patch_size, patch_size, channels), jax.random.key(0))
     step = jax.jit(functools.partial(train_step, loss_fn=losses.get_loss(loss)), donate_argnums=0)
     return step, state, synthetic_batch(batch_size, patch_size, channels)

@@ -34,7 +34,8 @@ TINY = [
 @pytest.mark.slow
 def test_tiny_synthetic_run_learns_and_writes_everything(tmp_path):
     wd = tmp_path / "run"
-    rc = drive.main(TINY + ["--steps", "40", "--log-every", "5", "--eval-every", "20", "--workdir", str(wd)])
+    flags = ["--steps", "40", "--log-every", "5", "--eval-every", "20", "--pool", "reshape"]
+    rc = drive.main(TINY + flags + ["--workdir", str(wd)])
     assert rc == 0
     records = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
     train_losses = [r["loss"] for r in records if r["split"] == "train"]
@@ -48,8 +49,8 @@ def test_tiny_synthetic_run_learns_and_writes_everything(tmp_path):
         assert 0.0 <= results["test"][key] <= 1.0
     config = json.loads((wd / "config.json").read_text())
     assert config["data"]["dataset"] == "synthetic" and config["train"]["steps"] == 40
-    assert RunConfig.from_dict(config) == drive.build(drive.build_parser().parse_args(TINY + ["--steps", "40",
-        "--log-every", "5", "--eval-every", "20"]))[0]  # config.json rebuilds the run's configuration
+    assert config["model"]["pool"] == "reshape"
+    assert RunConfig.from_dict(config) == drive.build(drive.build_parser().parse_args(TINY + flags))[0]  # config.json rebuilds the run's configuration
 
     rows = (wd / "per_image.csv").read_text().splitlines()
     assert len(rows) == 1 + 20 and rows[0].startswith("id,")
@@ -71,7 +72,7 @@ def test_missing_drive_names_paths_and_writes_nothing(tmp_path, monkeypatch, cap
     assert not wd.exists()
 
 
-@pytest.mark.parametrize("flag,value", [("--arch", "vnet"), ("--loss", "hinge")])
+@pytest.mark.parametrize("flag,value", [("--arch", "vnet"), ("--loss", "hinge"), ("--pool", "avg")])
 def test_unknown_choice_is_rejected_by_name(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
         drive.main([flag, value])

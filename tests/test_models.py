@@ -107,3 +107,31 @@ def test_init_variables_gives_the_bits_of_a_default_compile():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # Under jax.eval_shape (how checkpoints get their template) it traces instead of compiling.
     assert jax.eval_shape(lambda: init_variables(model, shape, rng)) == jax.eval_shape(lambda: want)
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (7, 10)])
+def test_reshape_pool_equals_window_pool_and_its_gradient(hw):
+    from unet_jax.models.layers import max_pool2
+
+    # Random normal values: no two in a window tie, so both gradients send each window's
+    # cotangent to its one maximum (odd last rows/columns are dropped by both).
+    x = jax.random.normal(jax.random.key(3), (2, *hw, 3))
+    ct = jax.random.normal(jax.random.key(4), (2, hw[0] // 2, hw[1] // 2, 3))
+    outs = {m: max_pool2(x, m) for m in ("window", "reshape")}
+    np.testing.assert_array_equal(outs["reshape"], outs["window"])
+    grads = {m: jax.grad(lambda x, m=m: (max_pool2(x, m) * ct).sum())(x) for m in ("window", "reshape")}
+    np.testing.assert_array_equal(grads["reshape"], grads["window"])
+    assert int((grads["window"] != 0).sum()) == ct.size  # one maximum per window got its cotangent
+
+
+@pytest.mark.parametrize("arch", ["unet", "attention_unet", "unetpp"])
+def test_pool_mode_reaches_every_pooling_and_keeps_the_parameters(arch):
+    x = jnp.zeros((1, 16, 16, 1))
+    prims = {}
+    for mode in ("window", "reshape"):
+        net = models.create(arch, features=4, depth=2, in_channels=1, pool=mode)
+        v = _init(net, x.shape)
+        prims[mode] = {e.primitive.name for e in jax.make_jaxpr(lambda v, x: net.apply(v, x, train=False))(v, x).eqns}
+        prims[mode, "tree"] = jax.tree.structure(v)
+    assert prims["window", "tree"] == prims["reshape", "tree"]
+    assert "reduce_window_max" in prims["window"] and "reduce_window_max" not in prims["reshape"]

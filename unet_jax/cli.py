@@ -31,6 +31,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--norm", choices=["batch", "group", "none"], default=m.norm)
     g.add_argument("--upsample", choices=["transpose", "depth_to_space", "bilinear"], default=m.upsample,
                    help="depth_to_space: the transposed convolution's layer and parameters computed as a matmul")
+    g.add_argument("--pool", choices=["window", "reshape"], default=m.pool,
+                   help="2x2 max pooling as reduce_window (window) or as a maximum over reshaped 2x2 blocks "
+                        "(reshape: same output, a gradient without select_and_scatter)")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=t.steps)
     g.add_argument("--batch-size", type=int, default=t.batch_size)
@@ -109,7 +112,7 @@ def augment_config(a: argparse.Namespace) -> AugmentConfig:
 
 
 def model_config(a: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(arch=a.arch, features=a.features, depth=a.depth, norm=a.norm, upsample=a.upsample)
+    return ModelConfig(arch=a.arch, features=a.features, depth=a.depth, norm=a.norm, upsample=a.upsample, pool=a.pool)
 
 
 def train_config(a: argparse.Namespace) -> TrainConfig:

@@ -171,6 +171,7 @@ class ModelConfig:
     depth: int = 4
     norm: str = "batch"
     upsample: str = "transpose"
+    pool: str = "window"
 
     def __post_init__(self):
         _check("model", [
@@ -179,6 +180,7 @@ class ModelConfig:
             ("norm", self.norm in ("batch", "group", "none"), "one of batch, group, none"),
             ("upsample", self.upsample in ("transpose", "depth_to_space", "bilinear"),
              "one of transpose, depth_to_space, bilinear"),
+            ("pool", self.pool in ("window", "reshape"), "one of window, reshape"),
         ], self)
 
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 Norm = Literal["batch", "group", "none"]
 Upsample = Literal["transpose", "depth_to_space", "bilinear"]
+Pool = Literal["window", "reshape"]
 
 # PyTorch's BatchNorm2d defaults (momentum 0.1 == flax momentum 0.9, eps 1e-5), so that
 # weights ported from the PyTorch twins behave identically.
@@ -125,8 +126,25 @@ class DepthToSpaceUp(nn.Module):
         return y.reshape(n, 2 * h, 2 * w, self.features) + bias
 
 
-def max_pool2(x: jax.Array) -> jax.Array:
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+def max_pool2(x: jax.Array, mode: Pool = "window") -> jax.Array:
+    """2x2 max pooling with stride 2 (an odd last row or column is dropped, as flax's "VALID").
+
+    "window": flax's ``max_pool`` (``lax.reduce_window``); its gradient is XLA's
+      ``select_and_scatter``.
+    "reshape": the maximum over each 2x2 block of the array reshaped to (N, H/2, 2, W/2, 2, C).
+      The windows do not overlap, so the output is the same; the gradient is a comparison
+      with the maximum, element-wise work XLA fuses, instead of ``select_and_scatter``
+      (benchmarks.upsample times the two in the train step). Gradients differ only where a
+      window holds tied maxima (shared among them instead of given to the first); the
+      U-Net family pools ReLU outputs, whose likely tie, 0, gets no gradient from the ReLU.
+    """
+    if mode == "window":
+        return nn.max_pool(x, (2, 2), strides=(2, 2))
+    if mode == "reshape":
+        n, h, w, c = x.shape
+        x = x[:, : h // 2 * 2, : w // 2 * 2]
+        return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    raise ValueError(f"unknown pool mode {mode!r}; expected 'window' or 'reshape'")
 
 
 def pad_to_multiple(x: jax.Array, multiple: int) -> tuple[jax.Array, tuple[int, int, int, int]]:

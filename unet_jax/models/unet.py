@@ -7,7 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from unet_jax.models.layers import ConvBlock, Norm, Upsample, UpSample, max_pool2, output_logits, pad_to_multiple
+from unet_jax.models.layers import ConvBlock, Norm, Pool, Upsample, UpSample, max_pool2, output_logits, pad_to_multiple
 
 
 class UNet(nn.Module):
@@ -25,6 +25,7 @@ class UNet(nn.Module):
     out_channels: int = 1
     norm: Norm = "batch"
     upsample: Upsample = "transpose"
+    pool: Pool = "window"  # see layers.max_pool2
     dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
     bn_axis_name: str | None = None
 
@@ -41,7 +42,7 @@ class UNet(nn.Module):
         for level in range(self.depth):
             x = block(self.features * 2**level, f"enc{level + 1}")(x, train)
             skips.append(x)
-            x = max_pool2(x)
+            x = max_pool2(x, self.pool)
         x = block(self.features * 2**self.depth, "bottleneck")(x, train)
         for level in reversed(range(self.depth)):
             f = self.features * 2**level

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from unet_jax.models.layers import ConvBlock, Norm, Upsample, UpSample, max_pool2, output_logits, pad_to_multiple
+from unet_jax.models.layers import ConvBlock, Norm, Pool, Upsample, UpSample, max_pool2, output_logits, pad_to_multiple
 
 
 class UNetPlusPlus(nn.Module):
@@ -57,6 +57,7 @@ class UNetPlusPlus(nn.Module):
     out_channels: int = 1
     norm: Norm = "batch"
     upsample: Upsample = "transpose"
+    pool: Pool = "window"  # see layers.max_pool2
     dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
     bn_axis_name: str | None = None
     deep_supervision: bool = True
@@ -93,7 +94,7 @@ class UNetPlusPlus(nn.Module):
 
         nodes: dict[tuple[int, int], jax.Array] = {}
         for i in range(last + 1):  # encoder column X(i, 0)
-            nodes[i, 0] = block(i, 0)(x if i == 0 else max_pool2(nodes[i - 1, 0]), train)
+            nodes[i, 0] = block(i, 0)(x if i == 0 else max_pool2(nodes[i - 1, 0], self.pool), train)
         for j in range(1, last + 1):
             for i in range(last + 1 - j):
                 up = UpSample(self.features * 2**i, self.upsample, self.dtype, name=f"up{i}_{j}")(nodes[i + 1, j - 1])
