@@ -166,6 +166,17 @@ def test_resolve_on_device():
     assert not resolve_on_device("auto", 1, 0.25, _FakeDevice("cpu", 1000))
 
 
+def test_automatic_steps_per_call_divides_every_step_count():
+    t = TrainConfig()  # 1500 steps; log 25, validate and checkpoint every 250
+    assert (t.steps_per_call, t.resolved_steps_per_call(False), t.resolved_steps_per_call(True)) == (0, 1, 25)
+    assert TrainConfig(steps=1000, log_every=10).resolved_steps_per_call(True) == 10
+    assert TrainConfig(steps=1200, log_every=40, eval_every=400, checkpoint_every=400).resolved_steps_per_call(True) == 20
+    assert TrainConfig(steps=7, log_every=7, eval_every=7, checkpoint_every=7).resolved_steps_per_call(True) == 7
+    assert TrainConfig(steps=101, log_every=1).resolved_steps_per_call(True) == 1
+    assert TrainConfig(steps_per_call=5).resolved_steps_per_call(True) == 5  # as set, also on the host:
+    assert TrainConfig(steps_per_call=5).resolved_steps_per_call(False) == 5  # fit() refuses that one
+
+
 @pytest.fixture
 def tiny_run(source):
     cfg = TrainConfig(steps=8, batch_size=4, warmup_steps=2, log_every=2, eval_every=4, checkpoint_every=4,

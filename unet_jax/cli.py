@@ -69,7 +69,8 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                         "(auto: on a GPU/TPU when it takes at most a quarter of its memory; never on CPU)")
     g.add_argument("--steps-per-call", type=int, default=t.steps_per_call,
                    help="optimizer steps per dispatch (device-resident data; must divide --steps, --log-every, "
-                        "--eval-every and --checkpoint-every)")
+                        "--eval-every and --checkpoint-every; 0: 1 with the host pipeline, else the largest such "
+                        "divisor up to 25)")
     g.add_argument("--distributed", action="store_true",
                    help="multi-process run: call jax.distributed.initialize (coordinator from "
                         "$JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID, else cluster "

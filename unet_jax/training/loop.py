@@ -208,7 +208,7 @@ def fit(state: TrainState, batches: Iterator[dict[str, np.ndarray]] | DeviceData
 
     With a `sampler`, `batches` is instead the whole training set (:class:`DeviceData`),
     uploaded once and sampled inside the step from ``state.data_rng``,
-    ``cfg.steps_per_call`` steps per dispatch.
+    ``cfg.resolved_steps_per_call(True)`` steps per dispatch.
 
     Losses stay on the device between log points (no per-step host sync); at each log
     point they are fetched together and checked, so a NaN is reported at its exact step
@@ -222,7 +222,7 @@ def fit(state: TrainState, batches: Iterator[dict[str, np.ndarray]] | DeviceData
     """
     mesh = mesh if mesh is not None else parallel.make_data_mesh()
     parallel.check_batch_size(cfg.batch_size, mesh)
-    k = cfg.steps_per_call
+    k = cfg.resolved_steps_per_call(device_data=sampler is not None)
     if sampler is None and k > 1:
         raise ValueError("train.steps_per_call > 1 needs device-resident data (data.on_device)")
     step_fn = parallel.TrainStep(loss_fn, mesh, sampler=sampler, batch_size=cfg.batch_size, steps_per_call=k)
