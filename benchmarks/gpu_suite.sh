@@ -3,26 +3,34 @@
 # Prepare first, here: `bash benchmarks/prepare_gpu_carry.sh` (wheels the device image
 # lacks + a copy of DRIVE in the git-ignored gpu_carry/), then call the device tool `run`
 # with command `bash benchmarks/gpu_suite.sh` (part 1), carry ["gpu_carry"], timeout_s 600;
-# where device time is left, a second call with `bash benchmarks/gpu_suite.sh 2`.
-# Results (JSON, markdown, PNG, log; at most 8 files a call) are written to $OUT, which
-# the tool brings back.
+# where device time is left, a second call with `bash benchmarks/gpu_suite.sh 2` (then 3).
+# Results (JSON, markdown, PNG, HLO, log; at most 8 files a call) are written to $OUT,
+# which the tool brings back; commit them under benchmarks/results/ (step_time files
+# measured before benchmarks/flops.py existed: `python -m benchmarks.step_time
+# --recount-flops FILE`).
 #
 # Stages, most important first, each under `timeout` so one that overruns cannot take
-# the others down (budgets add up to 575 s in part 1, 560 s in part 2):
-# part 1
-#   1. step_time, unet, batch 32 256x256 and batch 8 512x512, fp32 and bf16, with torch.compile
-#   2. loop.py: the real loop vs the step alone, host pipeline vs device-resident data (DRIVE)
-#   3. time_to_accuracy, unet, 60 s of training per framework (DRIVE)
-#   4. step_time, the other three architectures at batch 32 256x256, fp32 and bf16, eager only
+# the others down (budgets add up to 560 s in part 1, 575 s in part 2, 465 s in part 3;
+# sized from the first H200 run, 2026-11-26, where a stage's budget held about 2 points
+# with torch.compile or 3 without):
+# part 1 (what that run left open: the bf16 targets, and why JAX's fp32 train step was slower)
+#   1. step_time, unet, batch 32 256x256 and batch 8 512x512, bf16, with torch.compile
+#   2. profile_step, unet, batch 32 256x256, fp32: the dearest kernels of JAX and PyTorch
+#   3. upsample: transposed conv vs depth-to-space x pooling by reduce_window vs reshape, in
+#      unet's train step at batch 32 256x256, fp32 and bf16 (picks the GPU defaults)
+#   4. step_time, attention_unet and unetpp at batch 32 256x256, bf16, eager only
 # part 2
-#   1. upsample: transposed convolution vs 1x1 conv + depth-to-space in unet's train step at
-#      the DRIVE recipe (32x64), 32x256 and 8x512, fp32 and bf16 (picks the GPU default)
-#   2. step_time, the other three architectures at batch 32 256x256, bf16, with torch.compile
-#   3. step_time, the other three architectures at batch 8 512x512, fp32 and bf16, eager only
+#   1. step_time, the other three architectures at batch 32 256x256, bf16, with torch.compile
+#   2. step_time, the other three architectures at batch 8 512x512, fp32 and bf16, eager only
+#   3. upsample at the DRIVE recipe (32x64) and 8x512, fp32 and bf16
+# part 3 (measured once on that run: again after a change to the step or the defaults)
+#   1. loop.py: the real loop vs the step alone, host pipeline vs device-resident data (DRIVE)
+#   2. time_to_accuracy, unet, 60 s of training per framework (DRIVE)
+#   3. step_time, unet, batch 32 256x256 and batch 8 512x512, fp32, with torch.compile
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART="${1:-1}"
-case "$PART" in 1|2) ;; *) echo "usage: bash benchmarks/gpu_suite.sh [1|2]" >&2; exit 2 ;; esac
+case "$PART" in 1|2|3) ;; *) echo "usage: bash benchmarks/gpu_suite.sh [1|2|3]" >&2; exit 2 ;; esac
 OUT="${OUT:-/tmp/gpu_suite_out}"
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_suite.log") 2>&1
@@ -42,20 +50,27 @@ stage() {  # stage NAME SECONDS COMMAND...
 }
 
 if [ "$PART" = 1 ]; then
-    stage step_time_unet 190 python3 -m benchmarks.step_time --all --archs unet --points 32x256,8x512 \
-        --precision fp32 bf16 --steps 30 --warmup 5 --out "$OUT/step_time-unet.json"
-    stage loop 90 python3 -m benchmarks.loop --steps 300 --rounds 2 --out "$OUT/loop.json"
-    stage time_to_accuracy 185 python3 -m benchmarks.time_to_accuracy --arch unet --max-seconds 60 \
-        --eval-every 100 --out "$OUT/time_to_accuracy-unet.json"
-    stage step_time_others 110 python3 -m benchmarks.step_time --all --archs attention_unet,unetpp,resunet34 \
-        --points 32x256 --precision fp32 bf16 --steps 20 --warmup 3 --no-compile --out "$OUT/step_time-others.json"
+    stage step_time_unet_bf16 200 python3 -m benchmarks.step_time --all --archs unet --points 32x256,8x512 \
+        --precision bf16 --steps 30 --warmup 5 --out "$OUT/step_time-unet-bf16.json"
+    stage profile 80 python3 -m benchmarks.profile_step --arch unet --batch-size 32 --image-size 256 \
+        --precision fp32 --steps 10 --out "$OUT/profile-unet-fp32.json"
+    stage upsample_pool 160 python3 -m benchmarks.upsample --arch unet --points 32x256 --precision fp32 bf16 \
+        --upsample transpose depth_to_space --pool window reshape --steps 30 --rounds 5 --out "$OUT/upsample.json"
+    stage step_time_others_bf16 120 python3 -m benchmarks.step_time --all --archs attention_unet,unetpp \
+        --points 32x256 --precision bf16 --steps 20 --warmup 3 --no-compile --out "$OUT/step_time-others-bf16.json"
 elif [ "$PART" = 2 ]; then
-    stage upsample 170 python3 -m benchmarks.upsample --arch unet --points 32x64,32x256,8x512 \
-        --precision fp32 bf16 --steps 30 --rounds 5 --out "$OUT/upsample.json"
     stage step_time_others_compile 270 python3 -m benchmarks.step_time --all \
         --archs attention_unet,unetpp,resunet34 --points 32x256 --precision bf16 --steps 20 --warmup 3 \
         --out "$OUT/step_time-others-compile.json"
-    stage step_time_512 120 python3 -m benchmarks.step_time --all --archs attention_unet,unetpp,resunet34 \
+    stage step_time_512 150 python3 -m benchmarks.step_time --all --archs attention_unet,unetpp,resunet34 \
         --points 8x512 --precision fp32 bf16 --steps 20 --warmup 3 --no-compile --out "$OUT/step_time-512.json"
+    stage upsample_more 155 python3 -m benchmarks.upsample --arch unet --points 32x64,8x512 --precision fp32 bf16 \
+        --upsample transpose depth_to_space --pool window reshape --steps 30 --rounds 5 --out "$OUT/upsample-more.json"
+else
+    stage loop 120 python3 -m benchmarks.loop --steps 300 --rounds 1 --out "$OUT/loop.json"
+    stage time_to_accuracy 185 python3 -m benchmarks.time_to_accuracy --arch unet --max-seconds 60 \
+        --eval-every 100 --out "$OUT/time_to_accuracy-unet.json"
+    stage step_time_unet_fp32 160 python3 -m benchmarks.step_time --all --archs unet --points 32x256,8x512 \
+        --precision fp32 --steps 30 --warmup 5 --out "$OUT/step_time-unet-fp32.json"
 fi
 ls -la "$OUT"
