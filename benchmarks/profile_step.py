@@ -60,24 +60,27 @@ def jax_profile(arch: str, batch: int, size: int, precision: str, *, features: i
                 state, m = compiled(state, dev_batch)
                 jax.block_until_ready(m)
         (path,) = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
-        ops = _ops_from_xspace(path)
-    return _summary(ops, steps, top, _hlo_index(hlo)) | {"source": "jax.profiler (device kernels by hlo_op)" if ops.get("_device")
-                                           else "jax.profiler (host XLA thunks by hlo_op)"}
+        ops, on_device = _ops_from_xspace(path)
+    source = "jax.profiler (device kernels by hlo_op)" if on_device else "jax.profiler (host XLA thunks by hlo_op)"
+    return {"source": source, **_summary(ops, steps, top, _hlo_index(hlo))}
 
 
-def _ops_from_xspace(path: str) -> dict[str, Any]:
-    """hlo_op (else kernel name) -> [total ns, calls, tf_op, an example kernel name] from a profile file."""
+def _ops_from_xspace(path: str) -> tuple[dict[str, list], bool]:
+    """hlo_op (else kernel name) -> [total ns, calls, tf_op, an example kernel name] from a
+    profile file, and whether they are device kernels (else host XLA thunks)."""
     from jax.profiler import ProfileData
 
     planes = list(ProfileData.from_file(path).planes)
     device = [p for p in planes if p.name.startswith("/device:")]
-    ops: dict[str, Any] = defaultdict(lambda: [0.0, 0, "", ""])
+    ops: dict[str, list] = defaultdict(lambda: [0.0, 0, "", ""])
     for plane in device or planes:
-        for line in plane.lines:
-            # A GPU's kernels run on its "Stream ..." lines; its "XLA Ops"/"XLA Modules" lines
-            # restate the same time per instruction and per program.
-            if device and not line.name.startswith("Stream"):
-                continue
+        lines = list(plane.lines)
+        if device:
+            # A GPU's kernels run on its "Stream ..." lines; its "XLA Ops" and "XLA Modules"
+            # lines restate the same time per instruction and per program: one of them only.
+            streams = [x for x in lines if x.name.startswith("Stream")]
+            lines = streams or [x for x in lines if x.name == "XLA Ops"] or lines
+        for line in lines:
             for e in line.events:
                 stats = dict(e.stats)
                 # A device kernel without an hlo_op stat still counts, under its kernel name;
@@ -90,9 +93,7 @@ def _ops_from_xspace(path: str) -> dict[str, Any]:
                 rec[1] += 1
                 rec[2] = rec[2] or str(stats.get("tf_op", ""))
                 rec[3] = rec[3] or e.name
-    out: dict[str, Any] = dict(ops)
-    out["_device"] = bool(device)
-    return out
+    return dict(ops), bool(device)
 
 
 _INSTRUCTION = re.compile(r"(ROOT )?%?([\w.\-]+) = (.*?) ([a-z][\w\-]*)\(")
@@ -124,11 +125,9 @@ def _hlo_index(text: str) -> dict[str, tuple[str, str]]:
     return index
 
 
-def _summary(ops: dict[str, Any], steps: int, top: int, hlo: dict[str, tuple[str, str]]) -> dict[str, Any]:
+def _summary(ops: dict[str, list], steps: int, top: int, hlo: dict[str, tuple[str, str]]) -> dict[str, Any]:
     rows = []
     for k, v in ops.items():
-        if k.startswith("_"):
-            continue
         opcode, op_name = hlo.get(k, ("", ""))
         rows.append({"hlo_op": k, "opcode": opcode, "ms_per_step": v[0] / 1e6 / steps, "calls_per_step": v[1] / steps,
                      "tf_op": v[2] or op_name, "kernel": v[3]})
