@@ -77,8 +77,13 @@ def _jax_runners(arch: str, batch: int, size: int, precision: str, features: int
         "train": train_once, "infer": fwd_once, "host_batch": host_batch,
         "params": models.count_params(state.params),
         "train_compile_s": train_compile, "infer_compile_s": fwd_compile,
-        "train_flops": model_flops(step, state, dev_batch), "infer_flops": model_flops(fwd_jit, state, dev_batch["image"]),
+        **{f"{kind}_flops": f for kind, f in _flops(step, state, dev_batch).items()},
     }
+
+
+def _flops(step, state, batch) -> dict[str, float]:
+    """Model FLOPs of the train step and of the forward pass (traced, not compiled)."""
+    return {"train": model_flops(step, state, batch), "infer": model_flops(jax.jit(eval_step), state, batch["image"])}
 
 
 def _torch_runners(arch: str, host_batch: dict, precision: str, features: int, depth: int,
@@ -173,13 +178,13 @@ def recount_flops(result: dict[str, Any]) -> dict[str, Any]:
     for p in result["points"]:
         if "error" in p:
             continue
-        j = _jax_runners(p["arch"], p["batch_size"], p["image_size"], p["precision"], s["features"], s["depth"])
+        dtype = jnp.bfloat16 if p["precision"] == "bf16" else None
+        flops = _flops(*setup(p["arch"], s["features"], s["depth"], 1, p["image_size"], p["batch_size"], dtype=dtype))
         peak = result["matmul_peak"].get(p["precision"], {}).get("tflops")
         for kind in ("train", "infer"):
-            p[kind]["flops"] = j[f"{kind}_flops"]
+            p[kind]["flops"] = flops[kind]
             for r in p[kind]["modes"].values():
-                r.update(_rates(p[kind]["flops"], r["median_s"], peak))
-        _release()
+                r.update(_rates(flops[kind], r["median_s"], peak))
     result["flops_counted_by"] = "benchmarks/flops.py (jaxpr), recounted with --recount-flops"
     return result
 
