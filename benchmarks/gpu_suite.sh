@@ -54,9 +54,9 @@ if [ "$PART" = 1 ]; then
         --precision bf16 --steps 30 --warmup 5 --out "$OUT/step_time-unet-bf16.json"
     stage profile 80 python3 -m benchmarks.profile_step --arch unet --batch-size 32 --image-size 256 \
         --precision fp32 --steps 10 --out "$OUT/profile-unet-fp32.json"
-    stage upsample_pool 160 python3 -m benchmarks.upsample --arch unet --points 32x256 --precision fp32 bf16 \
-        --upsample transpose depth_to_space --pool window reshape --steps 30 --rounds 5 --out "$OUT/upsample.json"
-    stage step_time_others_bf16 120 python3 -m benchmarks.step_time --all --archs attention_unet,unetpp \
+    stage upsample_pool 170 python3 -m benchmarks.upsample --arch unet --points 32x256 --precision fp32 bf16 \
+        --upsample transpose depth_to_space --pool window reshape --steps 20 --rounds 4 --out "$OUT/upsample.json"
+    stage step_time_others_bf16 110 python3 -m benchmarks.step_time --all --archs attention_unet,unetpp \
         --points 32x256 --precision bf16 --steps 20 --warmup 3 --no-compile --out "$OUT/step_time-others-bf16.json"
 elif [ "$PART" = 2 ]; then
     stage step_time_others_compile 270 python3 -m benchmarks.step_time --all \
