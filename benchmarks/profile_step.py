@@ -34,17 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from benchmarks.timing import machine
-from benchmarks.train_step import setup
+from benchmarks.train_step import compute_dtype, setup
 
 
 def jax_profile(arch: str, batch: int, size: int, precision: str, *, features: int = 16, depth: int = 4,
                 steps: int = 10, top: int = 30, hlo_out: Path | None = None) -> dict[str, Any]:
     """Profile `steps` JAX train steps; the dearest HLO instructions per step."""
-    dtype = jnp.bfloat16 if precision == "bf16" else None
-    step, state, host_batch = setup(arch, features, depth, 1, size, batch, dtype=dtype)
+    step, state, host_batch = setup(arch, features, depth, 1, size, batch, dtype=compute_dtype(precision))
     dev_batch = jax.device_put(host_batch)
     compiled = step.lower(state, dev_batch).compile()
     hlo = compiled.as_text()
@@ -152,18 +150,15 @@ def _kind(row: dict[str, Any]) -> str:
 def torch_profile(arch: str, batch: int, size: int, precision: str, *, features: int = 16, depth: int = 4,
                   steps: int = 10, top: int = 30) -> dict[str, Any]:
     """Profile `steps` eager PyTorch train steps; the dearest operations by self device time."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from benchmarks.torch_step import make_train_step, make_twin, to_torch, torch_device
+    from benchmarks.torch_step import adamw_train_step, to_torch, torch_device, twin_on
     from benchmarks.train_step import synthetic_batch
 
     device = torch_device()
     host = synthetic_batch(batch, size)
     x, y, m = (to_torch(host[k], device) for k in ("image", "label", "mask"))
-    net = make_twin(arch, features, depth, 1).to(device).to(memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    step = make_train_step(net, opt, amp=precision == "bf16", device=device)
+    step = adamw_train_step(twin_on(device, arch, features, depth).train(), amp=precision == "bf16", device=device)
     for _ in range(3):
         step(x, y, m).item()
     on_gpu = device == "cuda"

@@ -40,11 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from benchmarks.flops import model_flops
 from benchmarks.timing import device_slug, first_call_s, interleaved_medians, machine, matmul_peak_tflops
-from benchmarks.train_step import setup
+from benchmarks.train_step import compute_dtype, setup
 from unet_jax import models
 from unet_jax.training.steps import eval_step
 
@@ -54,8 +53,7 @@ TORCH_MODES = ("torch_eager", "torch_compile")
 
 def _jax_runners(arch: str, batch: int, size: int, precision: str, features: int, depth: int) -> dict[str, Any]:
     """Compiled JAX train and inference runners, their compile times, FLOPs and parameter count."""
-    dtype = jnp.bfloat16 if precision == "bf16" else None
-    step, state, host_batch = setup(arch, features, depth, 1, size, batch, dtype=dtype)
+    step, state, host_batch = setup(arch, features, depth, 1, size, batch, dtype=compute_dtype(precision))
     dev_batch = jax.device_put(host_batch)
     t = time.perf_counter()
     train = step.lower(state, dev_batch).compile()
@@ -91,13 +89,13 @@ def _torch_runners(arch: str, host_batch: dict, precision: str, features: int, d
     """PyTorch eager (and compiled) train and inference runners, first-call times, errors."""
     import torch
 
-    from benchmarks.torch_step import make_train_step, make_twin, to_torch, torch_device
+    from benchmarks.torch_step import adamw_train_step, to_torch, torch_device, twin_on
 
     device = torch_device()
     amp = precision == "bf16"
     x, y, m = (to_torch(host_batch[k], device) for k in ("image", "label", "mask"))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    base = make_twin(arch, features, depth, 1).to(device).to(memory_format=torch.channels_last)
+    base = twin_on(device, arch, features, depth)
     out: dict[str, Any] = {"params": sum(p.numel() for p in base.parameters()), "device": device,
                            "torch": torch.__version__, "runners": {}, "first_s": {}, "errors": {}}
 
@@ -106,8 +104,7 @@ def _torch_runners(arch: str, host_batch: dict, precision: str, features: int, d
         infer_net = copy.deepcopy(base).eval()
         if compiled:
             train_net, infer_net = torch.compile(train_net), torch.compile(infer_net)
-        opt = torch.optim.AdamW(train_net.parameters(), lr=2e-3, weight_decay=1e-4)
-        step = make_train_step(train_net, opt, amp=amp, device=device)
+        step = adamw_train_step(train_net, amp=amp, device=device)
 
         def train_once():
             step(x, y, m).item()  # .item() synchronises
@@ -178,8 +175,8 @@ def recount_flops(result: dict[str, Any]) -> dict[str, Any]:
     for p in result["points"]:
         if "error" in p:
             continue
-        dtype = jnp.bfloat16 if p["precision"] == "bf16" else None
-        flops = _flops(*setup(p["arch"], s["features"], s["depth"], 1, p["image_size"], p["batch_size"], dtype=dtype))
+        flops = _flops(*setup(p["arch"], s["features"], s["depth"], 1, p["image_size"], p["batch_size"],
+                              dtype=compute_dtype(p["precision"])))
         peak = result["matmul_peak"].get(p["precision"], {}).get("tflops")
         for kind in ("train", "infer"):
             p[kind]["flops"] = flops[kind]

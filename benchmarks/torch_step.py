@@ -64,6 +64,20 @@ def make_train_step(net, opt, *, amp: bool, device: str):
     return step
 
 
+def twin_on(device: str, arch: str, features: int = 16, depth: int = 4, channels: int = 1):
+    """The PyTorch twin of `arch` on `device`, in channels-last memory format (training mode)."""
+    import torch
+
+    return make_twin(arch, features, depth, channels).to(device).to(memory_format=torch.channels_last)
+
+
+def adamw_train_step(net, *, amp: bool, device: str, lr: float = 2e-3):
+    """:func:`make_train_step` with the benchmarks' optimizer: AdamW, weight decay 1e-4."""
+    import torch
+
+    return make_train_step(net, torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4), amp=amp, device=device)
+
+
 def torch_device() -> str:
     import torch
 
@@ -82,9 +96,7 @@ def torch_step_fn(arch: str, features: int, depth: int, channels: int, lr: float
     import torch
 
     device = torch_device()
-    net = make_twin(arch, features, depth, channels).to(device).to(memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    step = make_train_step(net, opt, amp=False, device=device)
+    step = adamw_train_step(twin_on(device, arch, features, depth, channels).train(), amp=False, device=device, lr=lr)
     return (lambda x, y: step(x, y, torch.ones_like(y)).item()), (lambda a: to_torch(a, device)), device, \
         torch.__version__
 

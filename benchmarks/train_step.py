@@ -15,6 +15,7 @@ import platform
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from unet_jax import losses, models
@@ -41,6 +42,11 @@ def synthetic_batch(batch_size: int, patch_size: int, channels: int = 1, seed: i
         "label": (rng.random(shape + (1,)) < 0.12).astype(np.float32),
         "mask": np.ones(shape + (1,), np.float32),
     }
+
+
+def compute_dtype(precision: str):
+    """The model's computation dtype for a benchmark precision ("bf16": bfloat16, else float32)."""
+    return jnp.bfloat16 if precision == "bf16" else None
 
 
 def setup(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_size=32, loss="bce_dice",

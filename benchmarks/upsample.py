@@ -23,17 +23,16 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 from benchmarks.step_time import parse_points
 from benchmarks.timing import device_slug, first_call_s, interleaved_medians, machine
-from benchmarks.train_step import setup
+from benchmarks.train_step import compute_dtype, setup
 
 
 def compare(arch: str, features: int, depth: int, batch_size: int, patch_size: int, precision: str, *,
             variants: list[tuple[str, str]], steps: int, rounds: int) -> dict:
     """The train steps of every (upsample, pool) variant at one point, interleaved; medians, speed-ups."""
-    dtype = jnp.bfloat16 if precision == "bf16" else None
+    dtype = compute_dtype(precision)
     runners, compile_s = {}, {}
     for upsample, pool in variants:
         name = f"{upsample}+{pool}"
