@@ -62,6 +62,30 @@ def test_retention_best_and_data_state(tmp_path):
     reopened.close()
 
 
+def test_a_relative_directory_saves_and_restores(tmp_path, monkeypatch):
+    """A relative checkpoint directory (a --workdir runs/x, or the default runs/<name>) once
+    crashed at the first save: orbax wants absolute paths."""
+    monkeypatch.chdir(tmp_path)
+    ckpt = Checkpointer(Path("runs/x/checkpoints"), every=1, keep=1)
+    ckpt.offer_best(1, {"w": jnp.ones(2)}, None, 0.5)
+    ckpt.save_latest(1, {"w": jnp.ones(2)}, None)
+    ckpt.close()
+    state, _, meta = Checkpointer(Path("runs/x/checkpoints"), every=1, keep=1).restore({"w": jnp.zeros(2)})
+    assert np.array_equal(state["w"], [1, 1]) and meta["step"] == 1
+    assert (tmp_path / "runs/x/checkpoints/best/1").is_dir()
+
+
+@pytest.mark.slow
+def test_the_front_door_with_a_relative_workdir_trains_and_predicts(tmp_path, tiny_data, monkeypatch):
+    from unet_jax.predictor import load_predictor
+
+    monkeypatch.chdir(tmp_path)
+    assert drive.main(TINY + ["--steps", "4", "--eval-every", "4", "--workdir", "runs/rel"]) == 0
+    assert json.loads(Path("runs/rel/results.json").read_text())["test"]["dice"] >= 0
+    probs = load_predictor("runs/rel", which="final")(np.zeros((40, 40, 3), np.uint8))
+    assert probs.shape[:2] == (40, 40)
+
+
 def test_config_differences_ignore_bookkeeping_fields():
     from unet_jax.config import RunConfig, TrainConfig
 

@@ -108,7 +108,7 @@ class Checkpointer:
     def __init__(self, directory: Path, *, every: int, keep: int, run_meta: dict[str, Any] | None = None):
         if every < 1 or keep < 1:
             raise ValueError(f"--checkpoint-every ({every}) and --keep ({keep}) must be >= 1")
-        self.directory = Path(directory)
+        self.directory = Path(directory).absolute()  # orbax refuses relative paths (a --workdir runs/x)
         self.every = every
         self.run_meta = dict(run_meta or {})
         self.latest = _manager(self.directory / "latest", keep)
