@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Issue 8's full LGG recipe (32 features, 256x256, per-image Dice loss) on one GPU: two device
+# calls on one warm machine, since the 50 patients (66 MB as lossless WebP) and the wheels
+# exceed the 64 MiB a call carries. A whole session's device time (about 13 of its 15 minutes).
+#
+# Prepare here (git-ignored outputs):
+#     bash benchmarks/prepare_gpu_carry.sh          # wheels, in gpu_carry/wheels
+#     uv run python -m benchmarks.lgg_carry pack --data-dir ../shared/data/lgg_mri/kaggle_3m
+#     # -> gpu_lgg_1 (wheels + 25 patients, 45 MiB), gpu_lgg_2 (25 patients, 31 MiB)
+# Call 1: command `bash benchmarks/gpu_lgg.sh 1`, carry ["gpu_lgg_1"], timeout_s 240.
+#     Installs the wheels and unpacks part 1 into gpu_lgg/ (git-ignored and not carried, so
+#     it stays on the machine), then trains the recipe 200 steps on those 25 patients (a
+#     seeded split) to measure training images/s, which sizes call 2's run.
+# Call 2, AT ONCE (the machine stays warm 30 s): `bash benchmarks/gpu_lgg.sh 2`,
+#     carry ["gpu_lgg_2"], timeout_s 600. Unpacks part 2 beside part 1 (checks that all 50
+#     patients are there, else exit 3: the machine was a fresh one, start again at call 1),
+#     trains on the committed split (experiments/splits/lgg_50.json) for as many steps as fit
+#     TRAIN_S seconds at call 1's rate (a multiple of 1000, at most 10000: the full recipe),
+#     evaluates the 10 test patients and writes lgg_run.tar.gz (results.json, per-volume and
+#     per-slice CSVs, dsc.png, curves, GIFs; no checkpoints) and the log to $OUT.
+# Environment: PRECISION (bf16), TRAIN_S (330), ARCH (unet), FEATURES (32), CALIBRATION_STEPS
+# (200), STEPS (call 2's steps instead of the calibrated number). Sized from CPU
+# timings (reading the 50 volumes at 256x256 took 18 s here, caching the training slices 4 s):
+# call 2 = about 30 s before training + TRAIN_S + validation, checkpoints and the test
+# pictures (about 2 minutes) under its 560 s limit.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PART="${1:-}"
+case "$PART" in 1|2) ;; *) echo "usage: bash benchmarks/gpu_lgg.sh 1|2 (see the header)" >&2; exit 2 ;; esac
+OUT="${OUT:-/tmp/gpu_lgg_out}"
+mkdir -p "$OUT" gpu_lgg
+exec > >(tee "$OUT/gpu_lgg_$PART.log") 2>&1
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD/gpu_lgg/site:$PWD"
+PRECISION="${PRECISION:-bf16}" TRAIN_S="${TRAIN_S:-330}" ARCH="${ARCH:-unet}" FEATURES="${FEATURES:-32}"
+CALIBRATION_STEPS="${CALIBRATION_STEPS:-200}"
+RECIPE=(--arch "$ARCH" --features "$FEATURES" --image-size 256 --batch-size 16 --loss-per-image
+        --precision "$PRECISION" --cache-mb 8192 --no-progress)
+echo "== part $PART, $(date -u +%T), $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1)"
+
+if [ "$PART" = 1 ]; then
+    if [ -d gpu_lgg_1/wheels ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target gpu_lgg/site gpu_lgg_1/wheels/*.whl || exit 1
+    else
+        echo "no wheels carried (packed with --wheels ''): the installed packages are used"
+    fi
+    touch gpu_lgg/part1
+    rm -rf gpu_lgg/kaggle_3m
+    python3 -m benchmarks.lgg_carry unpack gpu_lgg_1 --out gpu_lgg/kaggle_3m || exit 1
+    timeout 180 python3 -m experiments.brain_mri "${RECIPE[@]}" --data-dir gpu_lgg/kaggle_3m \
+        --steps "$CALIBRATION_STEPS" --eval-every "$CALIBRATION_STEPS" --log-every 50 \
+        --checkpoint-every "$CALIBRATION_STEPS" --workdir /tmp/lgg_calibration --overwrite
+    echo "== calibration exit $? at $(date -u +%T)"
+    python3 - "$TRAIN_S" <<'EOF' || exit 1
+import json, sys
+r = json.load(open("/tmp/lgg_calibration/results.json"))
+rate = r["train_images_per_s"]
+steps = max(1000, min(10000, int(float(sys.argv[1]) * rate / 16) // 1000 * 1000))
+print(f"calibration: {rate:.0f} training images/s, first step {r['first_step_s']:.1f} s -> {steps} steps")
+open("gpu_lgg/steps", "w").write(str(steps))
+EOF
+    cp /tmp/lgg_calibration/results.json "$OUT/lgg_calibration.json"
+else
+    if [ ! -s gpu_lgg/steps ] || [ ! -e gpu_lgg/part1 ]; then
+        echo "gpu_lgg/ holds no part 1: this is a fresh machine; run call 1 again, then call 2 at once" >&2
+        exit 3
+    fi
+    python3 -m benchmarks.lgg_carry unpack gpu_lgg_2 --out gpu_lgg/kaggle_3m --complete || exit 3
+    STEPS="${STEPS:-$(cat gpu_lgg/steps)}"
+    echo "== training $STEPS steps from $(date -u +%T)"
+    timeout 560 python3 -m experiments.brain_mri "${RECIPE[@]}" --data-dir gpu_lgg/kaggle_3m \
+        --split experiments/splits/lgg_50.json --steps "$STEPS" --eval-every 1000 --log-every 100 \
+        --checkpoint-every 1000 --workdir gpu_lgg/run --overwrite
+    echo "== run exit $? at $(date -u +%T)"
+    tar czf "$OUT/lgg_run.tar.gz" -C gpu_lgg --exclude run/checkpoints --exclude run/predictions \
+        --exclude run/overlays --exclude run/tb run
+fi
+ls -la "$OUT"
