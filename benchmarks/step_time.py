@@ -45,6 +45,7 @@ from benchmarks.flops import model_flops
 from benchmarks.timing import device_slug, first_call_s, interleaved_medians, machine, matmul_peak_tflops
 from benchmarks.train_step import compute_dtype, setup
 from unet_jax import models
+from unet_jax.models.layers import resolve_upsample
 from unet_jax.training.steps import eval_step
 
 ARCHS = ("unet", "attention_unet", "unetpp", "resunet34")
@@ -266,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "step_time", "machine": machine(), "matmul_peak": peaks,
         "settings": {"steps": a.steps, "warmup": a.warmup, "rounds": a.rounds, "features": a.features,
                      "depth": a.depth, "channels": 1, "torch_compile": a.compile and a.torch, "torch": a.torch,
-                     "optimizer": "AdamW (both)", "loss": "masked BCE + pooled soft Dice (both)"},
+                     "optimizer": "AdamW (both)", "loss": "masked BCE + pooled soft Dice (both)",
+                     "jax_upsample": resolve_upsample("auto")},
         "note": a.note, "flops_counted_by": "benchmarks/flops.py (jaxpr)", "points": [],
     }
     if a.torch:

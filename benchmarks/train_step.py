@@ -25,7 +25,7 @@ from unet_jax.training.steps import train_step
 
 
 def model_kwargs(arch: str, features: int = 16, depth: int = 4, channels: int = 1,
-                 upsample: str = "transpose", pool: str = "window") -> dict:
+                 upsample: str = "auto", pool: str = "window") -> dict:
     """`models.create` keyword arguments (fixed-width networks, resunet34, take no width/depth)."""
     cfg = {"in_channels": channels, "out_channels": 1}
     if "features" in models.options(arch):
@@ -50,7 +50,7 @@ def compute_dtype(precision: str):
 
 
 def setup(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_size=32, loss="bce_dice",
-          upsample="transpose", dtype=None, pool="window"):
+          upsample="auto", dtype=None, pool="window"):
     """(jitted step donating its state, state, host batch) for a synthetic batch with ~12% foreground.
 
     `dtype` is the model's computation dtype (None: float32; jnp.bfloat16: the engine's
@@ -63,7 +63,7 @@ def setup(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_si
 
 
 def measure(arch="unet", features=16, depth=4, channels=1, patch_size=64, batch_size=32, steps=30, loss="bce_dice",
-            upsample="transpose"):
+            upsample="auto"):
     step, state, batch = setup(arch, features, depth, channels, patch_size, batch_size, loss, upsample)
     batch = jax.device_put(batch)
     t = time.perf_counter()
@@ -95,7 +95,7 @@ def main() -> None:
     p.add_argument("--patch-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--upsample", choices=["transpose", "depth_to_space", "bilinear"], default="transpose")
+    p.add_argument("--upsample", choices=["auto", "transpose", "depth_to_space", "bilinear"], default="auto")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     r = measure(a.arch, a.features, a.depth, a.channels, a.patch_size, a.batch_size, a.steps, upsample=a.upsample)

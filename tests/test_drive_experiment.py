@@ -49,7 +49,8 @@ def test_tiny_synthetic_run_learns_and_writes_everything(tmp_path):
         assert 0.0 <= results["test"][key] <= 1.0
     config = json.loads((wd / "config.json").read_text())
     assert config["data"]["dataset"] == "synthetic" and config["train"]["steps"] == 40
-    assert config["model"]["pool"] == "reshape"
+    assert config["model"]["pool"] == "reshape" and config["model"]["upsample"] == "auto"
+    assert results["upsample"] == ("depth_to_space" if jax.default_backend() == "cpu" else "transpose")
     assert RunConfig.from_dict(config) == drive.build(drive.build_parser().parse_args(TINY + flags))[0]  # config.json rebuilds the run's configuration
 
     rows = (wd / "per_image.csv").read_text().splitlines()

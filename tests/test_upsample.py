@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from unet_jax import models
-from unet_jax.models.layers import DepthToSpaceUp
+from unet_jax.config import ModelConfig
+from unet_jax.models.layers import DepthToSpaceUp, resolve_upsample
 
 RTOL = 1e-12
 
@@ -61,3 +62,24 @@ def test_ported_pytorch_weights_still_match():
     with torch.no_grad():
         expected = twin(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
     _close(np.asarray(model.apply(variables, x)), expected)
+
+
+def test_auto_picks_the_measured_form_per_backend_with_the_same_parameters():
+    assert resolve_upsample("auto", "cpu") == "depth_to_space"
+    assert resolve_upsample("auto", "gpu") == resolve_upsample("auto", "tpu") == "transpose"
+    assert [resolve_upsample(m, "cpu") for m in ("transpose", "depth_to_space", "bilinear")] == \
+        ["transpose", "depth_to_space", "bilinear"]
+    assert ModelConfig().upsample == "auto" and models.create("unet").upsample == "auto"
+    # The default unet here (JAX on CPU: depth_to_space) and the transposed-convolution unet:
+    # one parameter tree, one function.
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 16, 16, 3)))
+    auto, transpose = (models.create("unet", features=4, depth=2, upsample=m) for m in ("auto", "transpose"))
+    variables = transpose.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, auto.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, variables)
+    params = jax.tree.map(lambda a: a + jnp.asarray(np.random.default_rng(5).normal(size=a.shape)), variables)
+    _close(auto.apply(params, x), transpose.apply(params, x))
+    def transposed_convs(model):  # convolutions with an input dilated by 2: the transposed ones
+        return str(jax.make_jaxpr(lambda v: model.apply(v, x))(params)).count("lhs_dilation=(2, 2)")
+
+    assert transposed_convs(transpose) == 2  # one per decoder level
+    assert transposed_convs(auto) == (0 if jax.default_backend() == "cpu" else 2)

@@ -29,8 +29,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--features", type=int, default=m.features, help="base width (channels of the first level)")
     g.add_argument("--depth", type=int, default=m.depth, help="number of poolings")
     g.add_argument("--norm", choices=["batch", "group", "none"], default=m.norm)
-    g.add_argument("--upsample", choices=["transpose", "depth_to_space", "bilinear"], default=m.upsample,
-                   help="depth_to_space: the transposed convolution's layer and parameters computed as a matmul")
+    g.add_argument("--upsample", choices=["auto", "transpose", "depth_to_space", "bilinear"], default=m.upsample,
+                   help="depth_to_space: the transposed convolution's layer and parameters computed as a matmul; "
+                        "auto: depth_to_space on CPU (measured faster there), transpose elsewhere")
     g.add_argument("--pool", choices=["window", "reshape"], default=m.pool,
                    help="2x2 max pooling as reduce_window (window) or as a maximum over reshaped 2x2 blocks "
                         "(reshape: same output, a gradient without select_and_scatter)")

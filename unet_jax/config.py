@@ -171,7 +171,7 @@ class ModelConfig:
     features: int = 16
     depth: int = 4
     norm: str = "batch"
-    upsample: str = "transpose"
+    upsample: str = "auto"
     pool: str = "window"
 
     def __post_init__(self):
@@ -179,8 +179,8 @@ class ModelConfig:
             ("features", self.features >= 1, "must be >= 1"),
             ("depth", 1 <= self.depth <= 6, "must be in 1..6"),
             ("norm", self.norm in ("batch", "group", "none"), "one of batch, group, none"),
-            ("upsample", self.upsample in ("transpose", "depth_to_space", "bilinear"),
-             "one of transpose, depth_to_space, bilinear"),
+            ("upsample", self.upsample in ("auto", "transpose", "depth_to_space", "bilinear"),
+             "one of auto, transpose, depth_to_space, bilinear"),
             ("pool", self.pool in ("window", "reshape"), "one of window, reshape"),
         ], self)
 

@@ -24,7 +24,7 @@ class UNet(nn.Module):
     in_channels: int = 3
     out_channels: int = 1
     norm: Norm = "batch"
-    upsample: Upsample = "transpose"
+    upsample: Upsample = "auto"
     pool: Pool = "window"  # see layers.max_pool2
     dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
     bn_axis_name: str | None = None

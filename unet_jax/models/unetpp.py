@@ -24,7 +24,7 @@ class UNetPlusPlus(nn.Module):
 
         X(i, j) = ConvBlock(concat[X(i, 0), ..., X(i, j-1), Up(X(i+1, j-1))])
 
-    where Up is `UpSample` (a 2x2 transposed conv to level i's width by default), as in
+    where Up is `UpSample` (a 2x2 up-convolution to level i's width by default), as in
     `UNet`. Flax names: nodes "x{i}_{j}", their up-samplers "up{i}_{j}", heads "head{j}".
 
     Outputs (logits, float32, cropped to (N, H, W, out_channels)):
@@ -56,7 +56,7 @@ class UNetPlusPlus(nn.Module):
     in_channels: int = 3
     out_channels: int = 1
     norm: Norm = "batch"
-    upsample: Upsample = "transpose"
+    upsample: Upsample = "auto"
     pool: Pool = "window"  # see layers.max_pool2
     dtype: Any = None  # computation dtype (e.g. jnp.bfloat16); parameters stay float32
     bn_axis_name: str | None = None

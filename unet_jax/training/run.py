@@ -39,6 +39,7 @@ from unet_jax.data.device_sampler import (DeviceSampler, data_nbytes, prepare_de
                                           sampler_key)
 from unet_jax.data.pipeline import make_train_iterator
 from unet_jax.evaluation import EvalResult, evaluate
+from unet_jax.models.layers import resolve_upsample
 from unet_jax.training import parallel
 from unet_jax.training.checkpoint import CheckpointError, Checkpointer, config_differences, truncate_metrics
 from unet_jax.training.loop import FitStats, fit, make_predict_fn
@@ -302,6 +303,8 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
              "devices": n_dev, "resumed_from_step": start_step if resume else None,
              "checkpoints": {"final": ckpt.path("latest", cfg.train.steps), "best": ckpt.path("best", ckpt.best_step)},
              **extra}
+    if "upsample" in models.options(cfg.model.arch):  # the U-Net family: which form "auto" became here
+        facts["upsample"] = resolve_upsample(cfg.model.upsample)
     return write_results(workdir, cfg, dataset, ev, best_block, stats, facts)
 
 
