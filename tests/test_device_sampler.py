@@ -6,7 +6,6 @@ geometric augmentation must move image, label and mask together.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

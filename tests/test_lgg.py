@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from unet_jax import data, metrics
+from unet_jax import metrics
 from unet_jax.config import AugmentConfig, DataConfig, PreprocessConfig, RunConfig
 from unet_jax.data import DataError, Example, InMemorySource
 from unet_jax.data.imageio import read_mask
