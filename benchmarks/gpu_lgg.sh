@@ -19,8 +19,10 @@
 #     evaluates the 10 test patients and writes lgg_run.tar.gz (results.json, per-volume and
 #     per-slice CSVs, dsc.png, curves, GIFs; no checkpoints) and the log to $OUT.
 # Environment: PRECISION (bf16), TRAIN_S (330), ARCH (unet), FEATURES (32), CALIBRATION_STEPS
-# (200), STEPS (call 2's steps instead of the calibrated number). Sized from CPU
-# timings (reading the 50 volumes at 256x256 took 18 s here, caching the training slices 4 s):
+# (200), STEPS (call 2's steps instead of the calibrated number). The host pipeline (one
+# thread, the default) made 1,240 augmented 256x256 training slices/s on a 2-vCPU EPYC, so
+# the GPU step, not the pipeline, should set the rate. Sized from CPU timings (reading the
+# 50 volumes at 256x256 took 18 s there, caching the training slices 4 s):
 # call 2 = about 30 s before training + TRAIN_S + validation, checkpoints and the test
 # pictures (about 2 minutes) under its 560 s limit.
 set -uo pipefail
