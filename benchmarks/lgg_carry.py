@@ -35,17 +35,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from unet_jax.data.imageio import read_image
-from unet_jax.data.lgg import list_patients, resolve_lgg_dir, scan_patient
+from unet_jax.data.lgg import brain_threshold, list_patients, resolve_lgg_dir, scan_patient
 
 MANIFEST = "manifest.json"
 EXT = ".webp"
 
 
 def zero_below_threshold(volume: np.ndarray) -> np.ndarray:
-    """A copy of `volume` (N, H, W, 3) with the voxels below 10% of its maximum set to 0: the
-    threshold of ``LggDataset``'s crop (unchanged by this, since the maximum stays)."""
+    """A copy of `volume` (N, H, W, 3) with the voxels below ``LggDataset``'s crop threshold
+    (:func:`brain_threshold`, unchanged by this since the maximum stays) set to 0."""
     out = volume.copy()
-    out[out < 0.1 * float(volume.max())] = 0
+    out[out < brain_threshold(volume)] = 0
     return out
 
 

@@ -63,8 +63,8 @@ from unet_jax.config import PreprocessConfig
 from unet_jax.data.base import DataError, Dataset, Example, InMemorySource, Source, Subset, register, source_cases
 from unet_jax.data.imageio import read_image, read_mask
 
-__all__ = ["LGG_LAYOUT", "LggDataset", "LggSource", "list_patients", "make_patient_split", "resolve_lgg_dir",
-           "scan_patient"]
+__all__ = ["LGG_LAYOUT", "LggDataset", "LggSource", "brain_threshold", "list_patients", "make_patient_split",
+           "resolve_lgg_dir", "scan_patient"]
 
 LGG_LAYOUT = """\
 ROOT/TCGA_CS_4941_19960909/TCGA_CS_4941_19960909_1.tif  (256x256x3 slice)
@@ -75,6 +75,12 @@ _SLICE = re.compile(r"^(?P<stem>.+)_(?P<number>\d+)(?P<mask>_mask)?\.tiff?$", re
 DEFAULT_DIR = Path("data/kaggle_3m")
 
 Slice = tuple[str, int, Path, Path | None]  # (patient, slice number, image path, mask path: None unlabelled)
+
+
+def brain_threshold(volume: np.ndarray) -> float:
+    """The crop's threshold of a volume: 10% of its maximum (the reference's rule). Voxels
+    below it are set to 0 before anything else reads them."""
+    return 0.1 * float(volume.max())
 
 
 def resolve_lgg_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -371,7 +377,7 @@ class LggDataset(Dataset):
             areas[(patient, number)] = int(np.count_nonzero(mask))
             images.append(image)
         volume = np.stack(images)  # (N, H, W, 3) uint8: at most ~90 slices of 256x256x3
-        threshold = 0.1 * float(volume.max())
+        threshold = brain_threshold(volume)
         if self.crop:
             kept = volume >= threshold if threshold > 0 else np.zeros(volume.shape, bool)
             ys = np.flatnonzero(kept.any(axis=(0, 2, 3)))
