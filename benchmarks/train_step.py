@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unet_jax import losses, models
-from unet_jax.config import TrainConfig
+from unet_jax.config import UPSAMPLE_MODES, TrainConfig
 from unet_jax.training.state import create_train_state
 from unet_jax.training.steps import train_step
 
@@ -95,7 +95,7 @@ def main() -> None:
     p.add_argument("--patch-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--upsample", choices=["auto", "transpose", "depth_to_space", "bilinear"], default="auto")
+    p.add_argument("--upsample", choices=UPSAMPLE_MODES, default="auto")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     r = measure(a.arch, a.features, a.depth, a.channels, a.patch_size, a.batch_size, a.steps, upsample=a.upsample)

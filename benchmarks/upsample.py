@@ -27,6 +27,7 @@ import jax
 from benchmarks.step_time import parse_points
 from benchmarks.timing import device_slug, first_call_s, interleaved_medians, machine
 from benchmarks.train_step import compute_dtype, setup
+from unet_jax.config import POOL_MODES, UPSAMPLE_MODES
 
 
 def compare(arch: str, features: int, depth: int, batch_size: int, patch_size: int, precision: str, *,
@@ -64,9 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--points", default="32x64", help="BATCHxSIZE,... (default: the DRIVE recipe's batch 32 of 64x64)")
     p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"])
-    p.add_argument("--upsample", nargs="+", choices=["transpose", "depth_to_space", "bilinear"],
+    p.add_argument("--upsample", nargs="+", choices=[m for m in UPSAMPLE_MODES if m != "auto"],
                    default=["transpose", "depth_to_space"], help="upsampling modes (the first is the baseline)")
-    p.add_argument("--pool", nargs="+", choices=["window", "reshape"], default=["window"],
+    p.add_argument("--pool", nargs="+", choices=POOL_MODES, default=["window"],
                    help="pooling modes (the first is the baseline)")
     p.add_argument("--steps", type=int, default=30, help="timed steps per implementation and point")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the timed steps are split into")

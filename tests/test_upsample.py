@@ -78,6 +78,7 @@ def test_auto_picks_the_measured_form_per_backend_with_the_same_parameters():
     assert jax.tree.map(jnp.shape, auto.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, variables)
     params = jax.tree.map(lambda a: a + jnp.asarray(np.random.default_rng(5).normal(size=a.shape)), variables)
     _close(auto.apply(params, x), transpose.apply(params, x))
+
     def transposed_convs(model):  # convolutions with an input dilated by 2: the transposed ones
         return str(jax.make_jaxpr(lambda v: model.apply(v, x))(params)).count("lhs_dilation=(2, 2)")
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from unet_jax import losses, models
-from unet_jax.config import (SELECT_METRICS, AugmentConfig, ConfigError, DataConfig, ModelConfig, RunConfig,
-                             TrainConfig)
+from unet_jax.config import (POOL_MODES, SELECT_METRICS, UPSAMPLE_MODES, AugmentConfig, ConfigError, DataConfig,
+                             ModelConfig, RunConfig, TrainConfig)
 from unet_jax.data.base import DataError, Dataset
 
 Build = Callable[[argparse.Namespace], tuple[RunConfig, Dataset]]
@@ -29,10 +29,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--features", type=int, default=m.features, help="base width (channels of the first level)")
     g.add_argument("--depth", type=int, default=m.depth, help="number of poolings")
     g.add_argument("--norm", choices=["batch", "group", "none"], default=m.norm)
-    g.add_argument("--upsample", choices=["auto", "transpose", "depth_to_space", "bilinear"], default=m.upsample,
+    g.add_argument("--upsample", choices=UPSAMPLE_MODES, default=m.upsample,
                    help="depth_to_space: the transposed convolution's layer and parameters computed as a matmul; "
                         "auto: depth_to_space on CPU (measured faster there), transpose elsewhere")
-    g.add_argument("--pool", choices=["window", "reshape"], default=m.pool,
+    g.add_argument("--pool", choices=POOL_MODES, default=m.pool,
                    help="2x2 max pooling as reduce_window (window) or as a maximum over reshaped 2x2 blocks "
                         "(reshape: same output, a gradient without select_and_scatter)")
     g = p.add_argument_group("training")

@@ -165,6 +165,11 @@ class DataConfig:
         return n
 
 
+# The forms of the U-Net family's 2x2 up-convolution and max pooling (unet_jax.models.layers).
+UPSAMPLE_MODES = ("auto", "transpose", "depth_to_space", "bilinear")
+POOL_MODES = ("window", "reshape")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     arch: str = "unet"
@@ -179,9 +184,8 @@ class ModelConfig:
             ("features", self.features >= 1, "must be >= 1"),
             ("depth", 1 <= self.depth <= 6, "must be in 1..6"),
             ("norm", self.norm in ("batch", "group", "none"), "one of batch, group, none"),
-            ("upsample", self.upsample in ("auto", "transpose", "depth_to_space", "bilinear"),
-             "one of auto, transpose, depth_to_space, bilinear"),
-            ("pool", self.pool in ("window", "reshape"), "one of window, reshape"),
+            ("upsample", self.upsample in UPSAMPLE_MODES, f"one of {', '.join(UPSAMPLE_MODES)}"),
+            ("pool", self.pool in POOL_MODES, f"one of {', '.join(POOL_MODES)}"),
         ], self)
 
 

@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unet_jax.config import POOL_MODES, UPSAMPLE_MODES
+
 Norm = Literal["batch", "group", "none"]
 Upsample = Literal["auto", "transpose", "depth_to_space", "bilinear"]
 Pool = Literal["window", "reshape"]
@@ -119,8 +121,7 @@ class UpSample(nn.Module):
             n, h, w, c = x.shape
             x = jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear")
             return nn.Conv(self.features, (1, 1), dtype=self.dtype, name="up")(x)
-        raise ValueError(f"unknown upsample mode {self.mode!r}; expected 'auto', 'transpose', 'depth_to_space' or "
-                         "'bilinear'")
+        raise ValueError(f"unknown upsample mode {self.mode!r}; expected one of {', '.join(UPSAMPLE_MODES)}")
 
 
 class DepthToSpaceUp(nn.Module):
@@ -163,7 +164,7 @@ def max_pool2(x: jax.Array, mode: Pool = "window") -> jax.Array:
         n, h, w, c = x.shape
         x = x[:, : h // 2 * 2, : w // 2 * 2]
         return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-    raise ValueError(f"unknown pool mode {mode!r}; expected 'window' or 'reshape'")
+    raise ValueError(f"unknown pool mode {mode!r}; expected one of {', '.join(POOL_MODES)}")
 
 
 def pad_to_multiple(x: jax.Array, multiple: int) -> tuple[jax.Array, tuple[int, int, int, int]]:
