@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from unet_jax import metrics
 from unet_jax.data.base import Example
-from unet_jax.evaluation import Evaluator
+from unet_jax.evaluation import Evaluator, exact_auc
 
 SETTINGS = settings(max_examples=25, deadline=None)
 RTOL = 1e-6  # float32 quotient of exact counts (module docstring)
@@ -159,3 +159,53 @@ def test_evaluator_multiclass_per_class_dice():
         np.testing.assert_allclose(s[f"dice_class{k}"], np_dice(totals[k]), rtol=RTOL)
     np.testing.assert_allclose(s["dice"], (np_dice(totals[1]) + np_dice(totals[2])) / 2, rtol=RTOL)
     assert "dice_class0" not in s
+
+
+def np_auc_pairs(s: np.ndarray, y: np.ndarray) -> float:
+    """The AUC as the share of (positive, negative) pairs ranked right, ties counting 1/2."""
+    pos, neg = s[y][:, None], s[~y][None, :]
+    return float(((pos > neg) + 0.5 * (pos == neg)).mean()) if pos.size and neg.size else float("nan")
+
+
+def test_evaluator_auc_per_image_case_and_pooled_matches_pairs():
+    """The exact AUC within each image's FOV, each case's pooled pixels and all pixels.
+
+    Images of many sizes exercise the padding to shared lengths; scores on a coarse grid
+    (0 included, the padding's value) tie often. The float32 AUC is the exact pair count
+    over n_pos * n_neg, rounded once or twice: rtol 1e-6."""
+    rng = np.random.default_rng(8)
+    ev = Evaluator(2)
+    pixels: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for i, (h, w) in enumerate([(5, 7), (9, 9), (16, 4), (11, 13)]):
+        label = (rng.random((h, w)) < 0.3).astype(np.uint8)
+        label[0, 0], label[-1, -1] = 1, 0  # both classes in every image
+        valid = (rng.random((h, w)) < 0.8).astype(np.uint8)
+        valid[0, 0] = valid[-1, -1] = 1
+        probs = rng.integers(0, 5, (h, w)).astype(np.float32) / 4
+        case = "ab"[i % 2]
+        ev.add(Example(id=f"i{i}", image=np.zeros((h, w)), label=label, valid=valid, case=case), probs)
+        inside = valid > 0
+        pixels.setdefault(case, []).append((probs[inside], label[inside] > 0))
+        np.testing.assert_allclose(ev.per_image[-1]["auc"], np_auc_pairs(probs[inside], label[inside] > 0), rtol=1e-6)
+    result = ev.result()
+
+    def pooled(pairs):
+        return np_auc_pairs(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
+
+    for row in result.per_case:
+        np.testing.assert_allclose(row["auc"], pooled(pixels[row["case"]]), rtol=1e-6)
+    np.testing.assert_allclose(result.summary["auc"], pooled(pixels["a"] + pixels["b"]), rtol=1e-6)
+
+
+@given(n=st.integers(0, 70), seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=12, deadline=None)  # each length compiles once
+def test_exact_auc_padding_changes_nothing(n, seed):
+    rng = np.random.default_rng(seed)
+    s = rng.integers(0, 3, n).astype(np.float32) / 2  # ties, and the padding's 0
+    y = rng.random(n) < 0.5
+    got = exact_auc(s, y)
+    want = np_auc_pairs(s, y)
+    if np.isnan(want):
+        assert np.isnan(got)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-6)
