@@ -134,7 +134,10 @@ def main(out_dir: str, n: int) -> None:
 
 if __name__ == "__main__":
     out, num = sys.argv[1], int(sys.argv[2])
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num} " + os.environ.get("XLA_FLAGS", "")
+    # Optimisation level 1 compiles the six training programs in 4/5 of the time; every
+    # comparison here is between programs compiled alike.
+    os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={num} --xla_backend_optimization_level=1 "
+                               + os.environ.get("XLA_FLAGS", ""))
     os.environ["JAX_PLATFORMS"] = "cpu"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main(out, num)
