@@ -176,13 +176,13 @@ def test_evaluator_auc_per_image_case_and_pooled_matches_pairs():
     rng = np.random.default_rng(8)
     ev = Evaluator(2)
     pixels: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for i, (h, w) in enumerate([(5, 7), (9, 9), (16, 4), (11, 13)]):
+    for i, (h, w) in enumerate([(5, 7), (9, 9), (16, 4), (11, 13), (6, 10)]):
         label = (rng.random((h, w)) < 0.3).astype(np.uint8)
         label[0, 0], label[-1, -1] = 1, 0  # both classes in every image
         valid = (rng.random((h, w)) < 0.8).astype(np.uint8)
         valid[0, 0] = valid[-1, -1] = 1
         probs = rng.integers(0, 5, (h, w)).astype(np.float32) / 4
-        case = "ab"[i % 2]
+        case = "ab"[i % 2] if i < 4 else "c"  # c: a case of one image
         ev.add(Example(id=f"i{i}", image=np.zeros((h, w)), label=label, valid=valid, case=case), probs)
         inside = valid > 0
         pixels.setdefault(case, []).append((probs[inside], label[inside] > 0))
@@ -194,7 +194,8 @@ def test_evaluator_auc_per_image_case_and_pooled_matches_pairs():
 
     for row in result.per_case:
         np.testing.assert_allclose(row["auc"], pooled(pixels[row["case"]]), rtol=1e-6)
-    np.testing.assert_allclose(result.summary["auc"], pooled(pixels["a"] + pixels["b"]), rtol=1e-6)
+    assert [r["images"] for r in result.per_case] == [2, 2, 1]
+    np.testing.assert_allclose(result.summary["auc"], pooled(pixels["a"] + pixels["b"] + pixels["c"]), rtol=1e-6)
 
 
 @given(n=st.integers(0, 70), seed=st.integers(0, 2**32 - 1))
