@@ -326,6 +326,12 @@ def summarize(
 # --------------------------------------------------------------------------- ROC AUC
 
 
+def _ordered_key(s: Array) -> Array:
+    """uint32 keys in the order of the float32 scores `s` (equal keys for equal scores)."""
+    bits = lax.bitcast_convert_type(jnp.where(s == 0, jnp.float32(0), s), jnp.uint32)  # -0.0 is 0.0
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))  # negatives reversed, below positives
+
+
 _DIGIT_BITS = 4  # 8 base-16 digits cover uint32; digit sums stay < 2**32 for < 2**28 positives
 
 
@@ -337,9 +343,12 @@ def roc_auc(scores: ArrayLike, labels: ArrayLike, *, mask: ArrayLike | None = No
     the full ROC curve with tied scores joined by straight segments, the same value as
     ``sklearn.metrics.roc_auc_score`` or the average-rank formula.
 
-    Computed with one sort and int32 cumulative counts; fixed shapes (jit-friendly):
-    masked-out pixels stay in the sort with weight 0. For each positive, ``2 * (negatives
-    below + half the tied negatives)`` is an exact int32; their sum (up to ~1e14) is
+    Computed with two one-operand integer sorts and binary searches (fixed shapes,
+    jit-friendly): the scores become order-preserving uint32 keys (XLA sorts integers alone
+    several times faster than floats or key-value pairs: 3.3x for 245k pixels on CPU);
+    negatives' and positives' keys are sorted apart, masked-out pixels pushed past the end.
+    For each positive, ``2 * (negatives below + half the tied negatives)`` is an exact
+    int32 (two binary searches among the sorted negatives); their sum (up to ~1e14) is
     accumulated exactly as base-16 digit sums in uint32, so the only rounding is the final
     float32 combination (relative error ~1e-7) even for tens of millions of pixels.
 
@@ -356,22 +365,17 @@ def roc_auc(scores: ArrayLike, labels: ArrayLike, *, mask: ArrayLike | None = No
     s = _drop_channel(scores).astype(jnp.float32)
     y = _to_pixel_shape(labels, s.shape).astype(jnp.float32) >= 0.5
     valid = jnp.ones(s.shape, bool) if mask is None else _to_pixel_shape(mask, s.shape) > 0
-    # One int8 code per pixel (1 positive, 2 negative, 0 masked out): a 2-operand sort.
-    code = (y & valid).astype(jnp.int8) + 2 * (~y & valid).astype(jnp.int8)
-    s, code = lax.sort((s.reshape(-1), code.reshape(-1)), num_keys=1, is_stable=False)
-    pos = (code == 1).astype(jnp.int32)
-    neg = (code == 2).astype(jnp.int32)
-    n = s.shape[0]
-    neg_incl = jnp.cumsum(neg)  # negatives up to and including i
-    neg_excl = neg_incl - neg  # negatives strictly before i
-    idx = jnp.arange(n, dtype=jnp.int32)
-    new_value = jnp.concatenate([jnp.ones((1,), bool), s[1:] != s[:-1]])
-    last_of_value = jnp.concatenate([new_value[1:], jnp.ones((1,), bool)])
-    # First / last index of each element's tie group, via running max / reversed running min.
-    start = lax.cummax(jnp.where(new_value, idx, 0))
-    end = lax.cummin(jnp.where(last_of_value, idx, n - 1), reverse=True)
+    pos, neg = (y & valid).reshape(-1), (~y & valid).reshape(-1)
+    key = _ordered_key(s.reshape(-1))
+    past_end = jnp.uint32(0xFFFFFFFF)  # above every key of a non-NaN score
+    neg_sorted = lax.sort(jnp.where(neg, key, past_end))
+    pos_sorted = lax.sort(jnp.where(pos, key, past_end))  # sorted queries: cache-friendly searches
+    n_neg_i = jnp.sum(neg, dtype=jnp.int32)
+    below = jnp.searchsorted(neg_sorted, pos_sorted, side="left", method="scan").astype(jnp.int32)
+    up_to = jnp.searchsorted(neg_sorted, pos_sorted, side="right", method="scan").astype(jnp.int32)
+    is_pos = jnp.arange(key.shape[0]) < jnp.sum(pos, dtype=jnp.int32)  # the first n_pos sorted entries
     # below + (below + tied) = 2 * (negatives below + tied / 2), exact in int32.
-    twice_u = (neg_excl[start] + neg_incl[end]).astype(jnp.uint32) * pos.astype(jnp.uint32)
+    twice_u = (jnp.minimum(below, n_neg_i) + jnp.minimum(up_to, n_neg_i)).astype(jnp.uint32) * is_pos.astype(jnp.uint32)
 
     base = 1 << _DIGIT_BITS
     u2 = jnp.float32(0.0)
@@ -380,7 +384,7 @@ def roc_auc(scores: ArrayLike, labels: ArrayLike, *, mask: ArrayLike | None = No
         u2 = u2 + jnp.sum(digit, dtype=jnp.uint32).astype(jnp.float32) * float(base**k)
 
     n_pos = jnp.sum(pos).astype(jnp.float32)
-    n_neg = jnp.sum(neg).astype(jnp.float32)
+    n_neg = n_neg_i.astype(jnp.float32)
     ok = (n_pos > 0) & (n_neg > 0)
     auc = u2 / jnp.where(ok, 2.0 * n_pos * n_neg, 1.0)
     return jnp.where(ok, auc, jnp.nan)
