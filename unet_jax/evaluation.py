@@ -56,7 +56,6 @@ class Evaluator:
         self._cases: dict[str, int] = {}  # case id -> index, in order of appearance
         self._case_of: list[int] = []
         self._scores: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}  # case -> [(probs, labels)] in valid
-        self._last_auc: dict[int, float] = {}  # case -> AUC of its latest image
         self._auc_pixels = 0
 
     def add(self, example: Example, probs: np.ndarray) -> np.ndarray:
@@ -83,7 +82,7 @@ class Evaluator:
         if self.with_auc:
             inside = slice(None) if valid is None else valid > 0
             s, y = probs[inside].reshape(-1), label[inside].reshape(-1) > 0
-            row["auc"] = self._last_auc[case] = exact_auc(s, y)
+            row["auc"] = exact_auc(s, y)
             self._auc_pixels += s.size
             if self._auc_pixels <= AUC_MAX_PIXELS:
                 self._scores.setdefault(case, []).append((s, y))
@@ -103,9 +102,10 @@ class Evaluator:
             c = metrics.ConfusionCounts(*(np.asarray(x)[k] for x in per_case))
             case_rows.append({"case": case_id, "images": self._case_of.count(k), **_figures(c, self.num_classes)})
         if self.with_auc and self._auc_pixels <= AUC_MAX_PIXELS:
+            image_of = {k: i for i, k in enumerate(self._case_of)}  # a case's (last) image
             for row, k in zip(case_rows, self._cases.values()):
                 # A case of one image (DRIVE's) has that image's AUC: one sort fewer per image.
-                row["auc"] = self._last_auc[k] if row["images"] == 1 else _auc(self._scores.get(k, []))
+                row["auc"] = self.per_image[image_of[k]]["auc"] if row["images"] == 1 else _auc(self._scores.get(k, []))
             summary["auc"] = _auc([pair for pairs in self._scores.values() for pair in pairs])
             summary["auc_per_case_mean"] = float(np.nanmean([r["auc"] for r in case_rows]))
         elif self.with_auc:
