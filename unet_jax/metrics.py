@@ -367,15 +367,15 @@ def roc_auc(scores: ArrayLike, labels: ArrayLike, *, mask: ArrayLike | None = No
     valid = jnp.ones(s.shape, bool) if mask is None else _to_pixel_shape(mask, s.shape) > 0
     pos, neg = (y & valid).reshape(-1), (~y & valid).reshape(-1)
     key = _ordered_key(s.reshape(-1))
-    past_end = jnp.uint32(0xFFFFFFFF)  # above every key of a non-NaN score
+    past_end = jnp.uint32(0xFFFFFFFF)  # above every key of a non-NaN score: never counted by the searches
     neg_sorted = lax.sort(jnp.where(neg, key, past_end))
     pos_sorted = lax.sort(jnp.where(pos, key, past_end))  # sorted queries: cache-friendly searches
-    n_neg_i = jnp.sum(neg, dtype=jnp.int32)
+    n_pos, n_neg = jnp.sum(pos, dtype=jnp.int32), jnp.sum(neg, dtype=jnp.int32)
     below = jnp.searchsorted(neg_sorted, pos_sorted, side="left", method="scan").astype(jnp.int32)
     up_to = jnp.searchsorted(neg_sorted, pos_sorted, side="right", method="scan").astype(jnp.int32)
-    is_pos = jnp.arange(key.shape[0]) < jnp.sum(pos, dtype=jnp.int32)  # the first n_pos sorted entries
+    is_pos = jnp.arange(key.shape[0]) < n_pos  # the first n_pos sorted entries
     # below + (below + tied) = 2 * (negatives below + tied / 2), exact in int32.
-    twice_u = (jnp.minimum(below, n_neg_i) + jnp.minimum(up_to, n_neg_i)).astype(jnp.uint32) * is_pos.astype(jnp.uint32)
+    twice_u = (below + up_to).astype(jnp.uint32) * is_pos.astype(jnp.uint32)
 
     base = 1 << _DIGIT_BITS
     u2 = jnp.float32(0.0)
@@ -383,8 +383,7 @@ def roc_auc(scores: ArrayLike, labels: ArrayLike, *, mask: ArrayLike | None = No
         digit = (twice_u >> (k * _DIGIT_BITS)) & (base - 1)
         u2 = u2 + jnp.sum(digit, dtype=jnp.uint32).astype(jnp.float32) * float(base**k)
 
-    n_pos = jnp.sum(pos).astype(jnp.float32)
-    n_neg = n_neg_i.astype(jnp.float32)
+    n_pos, n_neg = n_pos.astype(jnp.float32), n_neg.astype(jnp.float32)
     ok = (n_pos > 0) & (n_neg > 0)
     auc = u2 / jnp.where(ok, 2.0 * n_pos * n_neg, 1.0)
     return jnp.where(ok, auc, jnp.nan)
