@@ -20,6 +20,8 @@ from unet_jax import metrics
 from unet_jax.data.base import Example
 from unet_jax.evaluation import Evaluator, exact_auc
 
+from test_metrics import np_auc_ranks  # the average-rank formula in float64
+
 SETTINGS = settings(max_examples=25, deadline=None)
 RTOL = 1e-6  # float32 quotient of exact counts (module docstring)
 
@@ -161,13 +163,7 @@ def test_evaluator_multiclass_per_class_dice():
     assert "dice_class0" not in s
 
 
-def np_auc_pairs(s: np.ndarray, y: np.ndarray) -> float:
-    """The AUC as the share of (positive, negative) pairs ranked right, ties counting 1/2."""
-    pos, neg = s[y][:, None], s[~y][None, :]
-    return float(((pos > neg) + 0.5 * (pos == neg)).mean()) if pos.size and neg.size else float("nan")
-
-
-def test_evaluator_auc_per_image_case_and_pooled_matches_pairs():
+def test_evaluator_auc_per_image_case_and_pooled_matches_the_rank_formula():
     """The exact AUC within each image's FOV, each case's pooled pixels and all pixels.
 
     Images of many sizes exercise the padding to shared lengths; scores on a coarse grid
@@ -186,11 +182,11 @@ def test_evaluator_auc_per_image_case_and_pooled_matches_pairs():
         ev.add(Example(id=f"i{i}", image=np.zeros((h, w)), label=label, valid=valid, case=case), probs)
         inside = valid > 0
         pixels.setdefault(case, []).append((probs[inside], label[inside] > 0))
-        np.testing.assert_allclose(ev.per_image[-1]["auc"], np_auc_pairs(probs[inside], label[inside] > 0), rtol=1e-6)
+        np.testing.assert_allclose(ev.per_image[-1]["auc"], np_auc_ranks(probs[inside], label[inside] > 0), rtol=1e-6)
     result = ev.result()
 
     def pooled(pairs):
-        return np_auc_pairs(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
+        return np_auc_ranks(np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs]))
 
     for row in result.per_case:
         np.testing.assert_allclose(row["auc"], pooled(pixels[row["case"]]), rtol=1e-6)
@@ -205,7 +201,7 @@ def test_exact_auc_padding_changes_nothing(n, seed):
     s = rng.integers(0, 3, n).astype(np.float32) / 2  # ties, and the padding's 0
     y = rng.random(n) < 0.5
     got = exact_auc(s, y)
-    want = np_auc_pairs(s, y)
+    want = np_auc_ranks(s, y)
     if np.isnan(want):
         assert np.isnan(got)
     else:
