@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from experiments import drive
 
@@ -34,10 +35,16 @@ def compile_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory) -> Path:
-    """A tiny finished training run, trained once per session (test_predict, test_app)."""
-    wd = tmp_path_factory.mktemp("predict") / "run"
-    assert drive.main(TINY + ["--workdir", str(wd)]) == 0
+def run_dir(tmp_path_factory, worker_id) -> Path:
+    """A tiny finished training run, trained once per session (test_predict, test_app).
+
+    pytest-xdist's workers (the default addopts: whole modules per worker) share it through
+    their common base folder; a lock makes the first one train it and the others wait."""
+    base = tmp_path_factory.getbasetemp()
+    wd = (base if worker_id == "master" else base.parent) / "tiny_run"
+    with FileLock(f"{wd}.lock"):
+        if not (wd / "results.json").is_file():
+            assert drive.main(TINY + ["--workdir", str(wd)]) == 0
     return wd
 
 
