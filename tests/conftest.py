@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
 from experiments import drive
+
+# pytest-xdist's workers (the default addopts) share one accelerator: without this, JAX on a
+# GPU would preallocate 75% of its memory in every worker and the second one would run out.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 # A few steps on synthetic fundus images (no data needed): a real, finished run to load.
 TINY = ["--synthetic", "--features", "4", "--depth", "2", "--patch-size", "32", "--batch-size", "8",
