@@ -17,15 +17,14 @@ def _summary_writer_class() -> type:
     tensorboardX imports torch whenever it is installed, only to accept torch tensors (it
     imports it again when given one); that cost every training run 3.2 s and 200 MB of
     memory beside the bench extra's torch (measured)."""
-    if "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
-
-        return SummaryWriter
-    sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+    block = "torch" not in sys.modules
+    if block:
+        sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
     try:
         from tensorboardX import SummaryWriter
     finally:
-        del sys.modules["torch"]
+        if block:
+            del sys.modules["torch"]
     return SummaryWriter
 
 
