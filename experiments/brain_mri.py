@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--uniform-share", type=float, default=0.1,
                    help="slices are drawn in proportion to their abnormal area plus this share spread uniformly "
                         "over each patient's slices; negative: uniform sampling")
+    g.add_argument("--context", type=int, default=0,
+                   help="2.5D: the neighbouring slices on each side as extra channels (3 per slice)")
     g.add_argument("--aug-scale", type=float, default=0.05, help="random zoom by up to this fraction")
     g.add_argument("--aug-rotate", type=float, default=15.0, help="random rotation by up to this many degrees")
     g.add_argument("--no-aug-flip", dest="aug_flip", action="store_false", help="no random horizontal flips")
@@ -98,7 +100,7 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
         "root": str(resolve_lgg_dir(a.data_dir)), "split": a.split, "split_seed": a.split_seed,
         "val_fraction": a.val_fraction, "test_fraction": a.test_fraction, "folds": a.folds, "fold": a.fold,
         "crop": a.crop, "rescale": a.rescale, "standardize": a.standardize,
-        "uniform_share": a.uniform_share if a.uniform_share >= 0 else None}
+        "uniform_share": a.uniform_share if a.uniform_share >= 0 else None, "context": a.context}
     pre = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore", image_size=a.image_size)
     dataset = data.get("lgg", preprocess=pre, progress=a.progress, **options)
     cfg = RunConfig(

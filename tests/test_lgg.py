@@ -140,6 +140,38 @@ def test_generated_patients_and_bad_input(tmp_path):
         LggDataset(tmp_path / "missing", preprocess=PRE, progress=False)
 
 
+def test_context_stacks_each_slices_neighbours_preprocessed_as_the_2d_dataset(tmp_path):
+    """2.5D input against the 2D dataset as the reference: channels 3j..3j+2 of slice k are
+    slice k-c+j of the same patient (clamped to its first and last slice), through the same
+    volume preprocessing; the label is slice k's own."""
+    for i, n in enumerate((5, 2, 1)):
+        write_patient(tmp_path, f"P_{i}", n, seed=i)
+    flat = LggDataset(tmp_path, split="all", preprocess=PRE, progress=False)
+    with pytest.raises(DataError, match="--context -1"):
+        LggDataset(tmp_path, split="all", context=-1, preprocess=PRE, progress=False)
+    for c in (1, 2):
+        ds = LggDataset(tmp_path, split="all", context=c, preprocess=PRE, progress=False)
+        assert ds.channels == 3 * (2 * c + 1) and flat.channels == 3
+        src, ref = ds.test(), flat.test()
+        assert len(src) == len(ref) == 8
+        for k in range(len(src)):
+            case = ref[k].case
+            same = [j for j in range(len(ref)) if ref[j].case == case]
+            ex, x = src[k], ds.preprocess(src[k])
+            # The cubic resize may round differently with 9 channels than with 3: up to 16
+            # float32 terms of at most ~2x255, scaled by the rescale and standardisation.
+            vol = flat.volume(case)
+            tol = 16 * np.finfo(np.float32).eps * 2 * 255 / ((vol.hi - vol.lo) * float(vol.std.min()))
+            assert ex.image.shape == (32, 32, 3 * (2 * c + 1)) and x.image.shape == (64, 64, 3 * (2 * c + 1))
+            for j, d in enumerate(range(-c, c + 1)):
+                nb = min(max(k + d, same[0]), same[-1])
+                np.testing.assert_array_equal(ex.image[..., 3 * j:3 * j + 3], ref[nb].image)
+                np.testing.assert_allclose(x.image[..., 3 * j:3 * j + 3], flat.preprocess(ref[nb]).image,
+                                           rtol=0, atol=tol)
+            np.testing.assert_array_equal(x.label, flat.preprocess(ref[k]).label)
+        assert ds.describe()["preprocessing"]["context"] == c
+
+
 # ----------------------------------------------------------------------------- splits
 
 
@@ -375,12 +407,14 @@ def test_reporter_scores_each_volume_and_writes_pictures(tmp_path):
 @pytest.mark.slow
 @needs_lgg
 def test_few_step_run_on_three_patients_writes_results_dsc_and_gifs(tmp_path):
+    """Training with 2.5D input (--context 1), evaluation of the run on another folder and
+    prediction of patient folders."""
     from experiments import brain_mri
 
     root = real_subset(tmp_path)
     run = tmp_path / "run"
     flags = ["--data-dir", str(root), "--image-size", "32", "--features", "4", "--depth", "2", "--steps", "2",
-             "--batch-size", "2", "--eval-every", "2", "--no-progress", "--workdir", str(run)]
+             "--batch-size", "2", "--eval-every", "2", "--context", "1", "--no-progress", "--workdir", str(run)]
     assert brain_mri.main(flags) == 0
     results = json.loads((run / "results.json").read_text())
     vol = results["volumes"]
@@ -393,6 +427,8 @@ def test_few_step_run_on_three_patients_writes_results_dsc_and_gifs(tmp_path):
     assert results["test"]["num_images"] == n_test
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["data"]["augment"]["rotate"] == 15.0 and cfg["data"]["augment"]["vertical_flip"] is False
+    # 2.5D input: the slice and one neighbour on each side, kept by --evaluate and predict below.
+    assert json.loads((run / "dataset.json").read_text())["channels"] == 9 and cfg["data"]["options"]["context"] == 1
     # The trained run on every patient of another folder (here: the test patient alone, so
     # that nothing new is compiled), into a new folder: the final weights reproduce the
     # run's own test figures.

@@ -24,6 +24,10 @@ each computed over the whole volume once, when the dataset is built:
    together) to [0, 1], clipped;
 4. ``standardize``: each channel to mean 0, std 1 over the volume.
 
+``context=c`` feeds the c neighbouring slices on each side as extra channels (2.5D input,
+3 * (2c + 1) channels: slices k-c..k+c of three each, the end slices repeated at a volume's
+ends), each through the same volume preprocessing; the label is slice k's.
+
 **Where Dice is computed.** Every figure (validation and test) is computed on the stored
 256x256 masks: the model's probabilities on the preprocessed grid are resized to the
 padded square, un-padded and put back into the crop box (probability 0 outside it, where
@@ -173,21 +177,37 @@ def fold_patients(patients: Sequence[str], folds: int, seed: int) -> list[list[s
 
 
 class LggSource:
-    """Slices of some patients, by patient then slice number; each access decodes one slice."""
+    """Slices of some patients, by patient then slice number; each access decodes 1 + 2c slices
+    (``context`` c: the c slices on each side of the patient's slice, the end slices repeated
+    at the volume's ends, as channels k-c..k+c of three each)."""
 
-    def __init__(self, slices: list[Slice], areas: dict[tuple[str, int], int]):
-        self.slices = slices
+    def __init__(self, slices: list[Slice], areas: dict[tuple[str, int], int], context: int = 0):
+        self.slices, self.context = slices, context
         self.cases = [s[0] for s in slices]
         self.areas = [areas[(s[0], s[1])] for s in slices]  # abnormal pixels per slice (stored masks)
+        # The first and last index of each slice's patient: slices come grouped by patient.
+        self._span: list[tuple[int, int]] = []
+        for start, end in _runs(self.cases):
+            self._span += [(start, end - 1)] * (end - start)
 
     def __len__(self) -> int:
         return len(self.slices)
 
     def __getitem__(self, index: int) -> Example:
         patient, number, image_path, mask_path = self.slices[index]
+        first, last = self._span[index]
         image = read_image(image_path)
+        if self.context:
+            around = [self.slices[min(max(index + d, first), last)][2] for d in range(-self.context, self.context + 1)]
+            image = np.concatenate([image if p == image_path else read_image(p) for p in around], axis=-1)
         label = np.zeros(image.shape[:2], np.uint8) if mask_path is None else (read_mask(mask_path) > 0).astype(np.uint8)
         return Example(id=f"{patient}_{number}", image=image, label=label, case=patient)
+
+
+def _runs(cases: list[str]) -> list[tuple[int, int]]:
+    """[start, end) of each run of equal consecutive items."""
+    bounds = [i for i in range(1, len(cases)) if cases[i] != cases[i - 1]]
+    return list(zip([0] + bounds, bounds + [len(cases)])) if cases else []
 
 
 class _Volume:
@@ -240,8 +260,12 @@ class LggDataset(Dataset):
       uniform_share: training slices are drawn with probability proportional to their
         abnormal area plus this share spread uniformly over the patient's slices (0.1 in
         the reference); None draws slices uniformly.
+      context: the c neighbouring slices on each side fed as extra channels (2.5D input:
+        3 * (2c + 1) channels, slices k-c..k+c of three each; the end slices repeated at a
+        volume's ends); 0: the slice alone.
       preprocess: its ``image_size`` is the side of the model's input (None: the padded
-        square's own size); channels are always the three stored ones.
+        square's own size); the channels are the three stored ones (times 2c + 1 with
+        `context`).
       progress: a progress bar while reading the volumes.
     """
 
@@ -265,6 +289,7 @@ class LggDataset(Dataset):
         rescale: bool = True,
         standardize: bool = True,
         uniform_share: float | None = 0.1,
+        context: int = 0,
         preprocess: PreprocessConfig = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore",
                                                         image_size=256),
         progress: bool = True,
@@ -275,6 +300,9 @@ class LggDataset(Dataset):
                             "and no CLAHE")
         if uniform_share is not None and uniform_share < 0:
             raise DataError(f"--uniform-share {uniform_share}: must be >= 0")
+        if context < 0:
+            raise DataError(f"--context {context}: must be >= 0 (neighbouring slices on each side)")
+        self.context = int(context)
         if folders is None:
             self.root = resolve_lgg_dir(root)
         else:  # where the named patient folders live (for messages and results.json)
@@ -331,9 +359,8 @@ class LggDataset(Dataset):
         for p in tqdm(train + val + test, desc="reading LGG volumes", unit="patient", leave=False,
                       disable=not progress):
             self._volumes[p] = self._prepare_volume(slices[p], areas)
-        self._train = LggSource([s for p in train for s in slices[p]], areas)
-        self._val = LggSource([s for p in val for s in slices[p]], areas)
-        self._test = LggSource([s for p in test for s in slices[p]], areas)
+        self._train, self._val, self._test = (LggSource([s for p in part for s in slices[p]], areas, self.context)
+                                              for part in (train, val, test))
 
     def _read_split(self, path: Path, available: list[str]) -> tuple[list[str], list[str], list[str]]:
         try:
@@ -413,7 +440,7 @@ class LggDataset(Dataset):
 
     @property
     def channels(self) -> int:
-        return 3
+        return 3 * (2 * self.context + 1)
 
     def train(self) -> Source:
         return self._train
@@ -440,7 +467,8 @@ class LggDataset(Dataset):
         if self.rescale:
             x = self._rescale(vol, x)
         if self.standardize:
-            x = (x - vol.mean) / vol.std
+            n = 2 * self.context + 1  # every neighbour slice with its volume's per-channel statistics
+            x = (x - np.tile(vol.mean, n)) / np.tile(vol.std, n)
         elif not self.rescale:
             x = x / np.float32(255.0)
         label = vol.geometry(np.asarray(example.label, np.uint8), self.preprocessing.image_size,
@@ -487,8 +515,9 @@ class LggDataset(Dataset):
         test patient (the FLAIR channel in grey), see :mod:`unet_jax.volumes`."""
         from unet_jax.volumes import VolumeReporter
 
+        flair = 3 * self.context + 1  # the FLAIR channel of the slice itself
         return VolumeReporter(workdir, num_classes=2, ignore_empty=ignore_empty,
-                              display=lambda ex: np.asarray(ex.image)[..., 1], labelled=self.labelled)
+                              display=lambda ex: np.asarray(ex.image)[..., flair], labelled=self.labelled)
 
     @classmethod
     def for_prediction(cls, inputs: Sequence[str], *, options: dict[str, Any], preprocess: PreprocessConfig,
@@ -509,35 +538,36 @@ class LggDataset(Dataset):
                 folders.append(path)
             else:
                 folders += [path / p for p in list_patients(path)]
-        steps = {k: options[k] for k in ("crop", "rescale", "standardize") if k in options}
+        steps = {k: options[k] for k in ("crop", "rescale", "standardize", "context") if k in options}
         return cls(folders=folders, split="all", masks=False, uniform_share=None, preprocess=preprocess,
                    progress=progress, **steps)
 
     def prediction_writer(self, outdir: Any) -> Any:
         """``<outdir>/<patient>/<patient>_<n>_pred.png`` (0/255, the stored slice's size, like
         the dataset's masks), ``_prob.png`` (probability x 255) and ``_overlay.png``."""
-        return _SliceWriter(Path(outdir), self.labelled)
+        return _SliceWriter(Path(outdir), self.labelled, self.context)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "root": str(self.root.resolve()), "split": self.split_info,
                 "num_train": len(self._train), "num_val": len(self._val), "num_test": len(self._test),
                 "preprocessing": {"crop": self.crop, "rescale": self.rescale, "standardize": self.standardize,
-                                  "image_size": self.preprocessing.image_size},
+                                  "image_size": self.preprocessing.image_size, "context": self.context},
                 "sampling": "uniform" if self.uniform_share is None else
                 f"area-weighted per patient, uniform share {self.uniform_share}",
                 "evaluation_grid": "stored 256x256 masks (predictions mapped back through the crop box)"}
 
 
 class _SliceWriter:
-    def __init__(self, outdir: Path, labelled: bool):
-        self.outdir, self.labelled, self.files = outdir, labelled, []
+    def __init__(self, outdir: Path, labelled: bool, context: int):
+        self.outdir, self.labelled, self.context, self.files = outdir, labelled, context, []
 
     def add(self, example: Example, probs: np.ndarray, pred: np.ndarray) -> None:
         from unet_jax.visualize import save_prediction
 
         label = np.asarray(example.label) if self.labelled else None  # overlay against it, else tinted
         folder = self.outdir / str(example.case)
-        save_prediction(folder, example.id, probs, pred, label, image=np.asarray(example.image))
+        c = 3 * self.context  # the slice's own three channels (without its neighbours)
+        save_prediction(folder, example.id, probs, pred, label, image=np.asarray(example.image)[..., c:c + 3])
         self.files.append(folder / f"{example.id}_pred.png")
 
     def finish(self) -> list[Path]:
