@@ -185,29 +185,25 @@ class LggSource:
         self.slices, self.context = slices, context
         self.cases = [s[0] for s in slices]
         self.areas = [areas[(s[0], s[1])] for s in slices]  # abnormal pixels per slice (stored masks)
-        # The first and last index of each slice's patient: slices come grouped by patient.
-        self._span: list[tuple[int, int]] = []
-        for start, end in _runs(self.cases):
-            self._span += [(start, end - 1)] * (end - start)
+        # Each patient's first and last index: its slices are consecutive.
+        self._first: dict[str, int] = {}
+        self._last: dict[str, int] = {}
+        for i, case in enumerate(self.cases):
+            self._first.setdefault(case, i)
+            self._last[case] = i
 
     def __len__(self) -> int:
         return len(self.slices)
 
     def __getitem__(self, index: int) -> Example:
         patient, number, image_path, mask_path = self.slices[index]
-        first, last = self._span[index]
+        first, last = self._first[patient], self._last[patient]
         image = read_image(image_path)
         if self.context:
             around = [self.slices[min(max(index + d, first), last)][2] for d in range(-self.context, self.context + 1)]
             image = np.concatenate([image if p == image_path else read_image(p) for p in around], axis=-1)
         label = np.zeros(image.shape[:2], np.uint8) if mask_path is None else (read_mask(mask_path) > 0).astype(np.uint8)
         return Example(id=f"{patient}_{number}", image=image, label=label, case=patient)
-
-
-def _runs(cases: list[str]) -> list[tuple[int, int]]:
-    """[start, end) of each run of equal consecutive items."""
-    bounds = [i for i in range(1, len(cases)) if cases[i] != cases[i - 1]]
-    return list(zip([0] + bounds, bounds + [len(cases)])) if cases else []
 
 
 class _Volume:
@@ -442,6 +438,12 @@ class LggDataset(Dataset):
     def channels(self) -> int:
         return 3 * (2 * self.context + 1)
 
+    @property
+    def own_channels(self) -> slice:
+        """The input channels of the slice itself (pre-contrast, FLAIR, post-contrast), without
+        the neighbours that `context` adds."""
+        return slice(3 * self.context, 3 * self.context + 3)
+
     def train(self) -> Source:
         return self._train
 
@@ -515,9 +517,9 @@ class LggDataset(Dataset):
         test patient (the FLAIR channel in grey), see :mod:`unet_jax.volumes`."""
         from unet_jax.volumes import VolumeReporter
 
-        flair = 3 * self.context + 1  # the FLAIR channel of the slice itself
+        own = self.own_channels
         return VolumeReporter(workdir, num_classes=2, ignore_empty=ignore_empty,
-                              display=lambda ex: np.asarray(ex.image)[..., flair], labelled=self.labelled)
+                              display=lambda ex: np.asarray(ex.image)[..., own][..., 1], labelled=self.labelled)
 
     @classmethod
     def for_prediction(cls, inputs: Sequence[str], *, options: dict[str, Any], preprocess: PreprocessConfig,
@@ -545,7 +547,7 @@ class LggDataset(Dataset):
     def prediction_writer(self, outdir: Any) -> Any:
         """``<outdir>/<patient>/<patient>_<n>_pred.png`` (0/255, the stored slice's size, like
         the dataset's masks), ``_prob.png`` (probability x 255) and ``_overlay.png``."""
-        return _SliceWriter(Path(outdir), self.labelled, self.context)
+        return _SliceWriter(Path(outdir), self.labelled, self.own_channels)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "root": str(self.root.resolve()), "split": self.split_info,
@@ -558,16 +560,15 @@ class LggDataset(Dataset):
 
 
 class _SliceWriter:
-    def __init__(self, outdir: Path, labelled: bool, context: int):
-        self.outdir, self.labelled, self.context, self.files = outdir, labelled, context, []
+    def __init__(self, outdir: Path, labelled: bool, own_channels: slice):
+        self.outdir, self.labelled, self.own_channels, self.files = outdir, labelled, own_channels, []
 
     def add(self, example: Example, probs: np.ndarray, pred: np.ndarray) -> None:
         from unet_jax.visualize import save_prediction
 
         label = np.asarray(example.label) if self.labelled else None  # overlay against it, else tinted
         folder = self.outdir / str(example.case)
-        c = 3 * self.context  # the slice's own three channels (without its neighbours)
-        save_prediction(folder, example.id, probs, pred, label, image=np.asarray(example.image)[..., c:c + 3])
+        save_prediction(folder, example.id, probs, pred, label, image=np.asarray(example.image)[..., self.own_channels])
         self.files.append(folder / f"{example.id}_pred.png")
 
     def finish(self) -> list[Path]:
