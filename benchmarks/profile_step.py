@@ -10,7 +10,8 @@ mode, ``channels_last``, AdamW, autocast for bf16), on the same synthetic batch:
   ``jax.profiler.ProfileData``. On a GPU the kernels on the device's stream lines, on a
   CPU the XLA thunks on the host lines, are grouped by the HLO instruction they run
   (``hlo_op``), with the JAX operation that produced it (``tf_op``, e.g.
-  ``.../select_and_scatter_add``) where the profiler records one. The optimised HLO of the
+  ``.../select_and_scatter_add``): the ``op_name`` of the instruction in the compiled HLO,
+  else what the profiler records (on a GPU with jax 0.11 that is only "XlaModule:"). The optimised HLO of the
   step is written next to the JSON (``<out>.hlo.txt.gz``) to look an instruction up.
 * PyTorch: ``torch.profiler`` over `--steps` steps, ``key_averages()`` by self device
   time (CPU time on a CPU).
@@ -60,7 +61,7 @@ def jax_profile(arch: str, batch: int, size: int, precision: str, *, features: i
         (path,) = glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)
         ops, on_device = _ops_from_xspace(path)
     source = "jax.profiler (device kernels by hlo_op)" if on_device else "jax.profiler (host XLA thunks by hlo_op)"
-    return {"source": source, **_summary(ops, steps, top, _hlo_index(hlo))}
+    return {"source": source, **summarize(ops, steps, top, hlo_index(hlo))}
 
 
 def _ops_from_xspace(path: str) -> tuple[dict[str, list], bool]:
@@ -99,7 +100,7 @@ _COMPUTATION = re.compile(r"(ENTRY )?%?([\w.\-]+) .*\{$")
 _OP_NAME = re.compile(r'op_name="([^"]+)"')
 
 
-def _hlo_index(text: str) -> dict[str, tuple[str, str]]:
+def hlo_index(text: str) -> dict[str, tuple[str, str]]:
     """Instruction name -> (opcode, JAX op_name) in optimised HLO text; a fusion takes its
     fused computation's root's op_name (the fusion line itself rarely carries one)."""
     lines: dict[str, tuple[str, str]] = {}
@@ -123,12 +124,16 @@ def _hlo_index(text: str) -> dict[str, tuple[str, str]]:
     return index
 
 
-def _summary(ops: dict[str, list], steps: int, top: int, hlo: dict[str, tuple[str, str]]) -> dict[str, Any]:
+def summarize(ops: dict[str, list], steps: int, top: int, hlo: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """Per-step rows of the `top` dearest instructions and of the operation kinds, from
+    `ops` (hlo_op -> [total ns, calls, trace label, kernel]) over `steps` steps and the
+    instruction index `hlo` (:func:`hlo_index`), whose op_name names a row before the trace
+    label does."""
     rows = []
     for k, v in ops.items():
         opcode, op_name = hlo.get(k, ("", ""))
         rows.append({"hlo_op": k, "opcode": opcode, "ms_per_step": v[0] / 1e6 / steps, "calls_per_step": v[1] / steps,
-                     "tf_op": v[2] or op_name, "kernel": v[3]})
+                     "tf_op": op_name or v[2], "kernel": v[3]})
     total = sum(r["ms_per_step"] for r in rows)
     by_kind: dict[str, float] = defaultdict(float)
     for r in rows:
