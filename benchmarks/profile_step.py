@@ -11,8 +11,9 @@ mode, ``channels_last``, AdamW, autocast for bf16), on the same synthetic batch:
   CPU the XLA thunks on the host lines, are grouped by the HLO instruction they run
   (``hlo_op``), with the JAX operation that produced it (``tf_op``, e.g.
   ``.../select_and_scatter_add``): the ``op_name`` of the instruction in the compiled HLO,
-  else what the profiler records (on a GPU with jax 0.11 that is only "XlaModule:"). The optimised HLO of the
-  step is written next to the JSON (``<out>.hlo.txt.gz``) to look an instruction up.
+  else what the profiler records (on a GPU with jax 0.11 that is only "XlaModule:"). The
+  optimised HLO of the step is written next to the JSON (``<out>.hlo.txt.gz``) to look an
+  instruction up.
 * PyTorch: ``torch.profiler`` over `--steps` steps, ``key_averages()`` by self device
   time (CPU time on a CPU).
 
