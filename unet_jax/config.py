@@ -250,7 +250,7 @@ class TrainConfig:
         """Steps per dispatch: `steps_per_call` when set; when 0, 1 with the host pipeline and
         with device-resident data the largest divisor of steps, log_every, eval_every and
         checkpoint_every up to 25 (25 with the defaults). On an H200 the DRIVE default loop
-        ran at 0.89x the train step alone with 1 step per dispatch and 1.09x with 25
+        ran at 0.87x the train step alone with 1 step per dispatch and 1.07x with 25
         (benchmarks/results/loop-nvidia_h200.json); 25 keeps the progress bar lively."""
         if self.steps_per_call:
             return self.steps_per_call
