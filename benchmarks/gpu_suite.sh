@@ -10,23 +10,19 @@
 # --recount-flops FILE`).
 #
 # Stages, most important first, each under `timeout` so one that overruns cannot take
-# the others down (budgets add up to 555 s in part 1, 490 s in part 2, 385 s in part 3;
-# sized from the H200 run and the H100 run of 2026-11-26, where a stage's budget held
-# about 2 points with torch.compile or 3 without). Since that H100 run the up-convolution
-# is depth_to_space on every backend (1.5-1.8x the train step with the transposed
-# convolution there), so the parts re-measure what was measured with the latter:
+# the others down (budgets add up to 460 s in part 1, 450 s in part 2, 265 s in part 3;
+# sized from the GPU runs of 2026-11-26, where one point with torch.compile took 70-120 s
+# and one without 40-70 s). unet's fp32 and bf16 points, the DRIVE loop and time to accuracy
+# were measured with depth_to_space on an H100 and an H200 (README); what is left:
 # part 1
-#   1. step_time, unet, batch 32 256x256 and batch 8 512x512, fp32, with torch.compile
-#   2. step_time, attention_unet and unetpp at batch 32 256x256, bf16, eager only
-#   3. time_to_accuracy, unet, 60 s of training per framework (DRIVE)
+#   1. step_time, attention_unet, unetpp and resunet34 at batch 32 256x256, fp32, with torch.compile
+#   2. profile_step, unet, batch 32 256x256, fp32: the dearest kernels of JAX and PyTorch now
 # part 2
-#   1. step_time, unet, batch 8 512x512, bf16, with torch.compile
-#   2. step_time, the other three architectures at batch 32 256x256, bf16, with torch.compile
-#   3. loop.py: the real loop vs the step alone, host pipeline vs device-resident data (DRIVE)
+#   1. step_time, attention_unet and unetpp at batch 32 256x256, bf16, with torch.compile
+#   2. step_time, the other three architectures at batch 8 512x512, fp32 and bf16, eager only
 # part 3
-#   1. step_time, the other three architectures at batch 8 512x512, fp32 and bf16, eager only
-#   2. profile_step, unet, batch 32 256x256, fp32: the dearest kernels of JAX and PyTorch
-#   3. upsample x pooling at the DRIVE recipe (32x64) and 8x512, fp32 and bf16
+#   1. upsample x pooling at the DRIVE recipe (32x64) and 8x512, fp32 and bf16
+#   2. step_time, unet, batch 32 256x256, bf16, with torch.compile (the H100's target point, again)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART="${1:-1}"
@@ -50,25 +46,19 @@ stage() {  # stage NAME SECONDS COMMAND...
 }
 
 if [ "$PART" = 1 ]; then
-    stage step_time_unet_fp32 200 python3 -m benchmarks.step_time --all --archs unet --points 32x256,8x512 \
-        --precision fp32 --steps 30 --warmup 5 --out "$OUT/step_time-unet-fp32.json"
-    stage step_time_others_bf16 170 python3 -m benchmarks.step_time --all --archs attention_unet,unetpp \
-        --points 32x256 --precision bf16 --steps 20 --warmup 3 --no-compile --out "$OUT/step_time-others-bf16.json"
-    stage time_to_accuracy 185 python3 -m benchmarks.time_to_accuracy --arch unet --max-seconds 60 \
-        --eval-every 100 --out "$OUT/time_to_accuracy-unet.json"
-elif [ "$PART" = 2 ]; then
-    stage step_time_unet_512_compile 100 python3 -m benchmarks.step_time --arch unet --batch-size 8 \
-        --image-size 512 --precision bf16 --steps 20 --warmup 3 --out "$OUT/step_time-unet-bf16-512.json"
-    stage step_time_others_compile 270 python3 -m benchmarks.step_time --all \
-        --archs attention_unet,unetpp,resunet34 --points 32x256 --precision bf16 --steps 20 --warmup 3 \
-        --out "$OUT/step_time-others-compile.json"
-    stage loop 120 python3 -m benchmarks.loop --steps 300 --rounds 1 --out "$OUT/loop.json"
-else
-    stage step_time_512 150 python3 -m benchmarks.step_time --all --archs attention_unet,unetpp,resunet34 \
-        --points 8x512 --precision fp32 bf16 --steps 20 --warmup 3 --no-compile --out "$OUT/step_time-512.json"
+    stage step_time_others_fp32 380 python3 -m benchmarks.step_time --all --archs attention_unet,unetpp,resunet34 \
+        --points 32x256 --precision fp32 --steps 20 --warmup 3 --out "$OUT/step_time-others-fp32.json"
     stage profile 80 python3 -m benchmarks.profile_step --arch unet --batch-size 32 --image-size 256 \
         --precision fp32 --steps 10 --out "$OUT/profile-unet-fp32.json"
+elif [ "$PART" = 2 ]; then
+    stage step_time_others_compile 250 python3 -m benchmarks.step_time --all --archs attention_unet,unetpp \
+        --points 32x256 --precision bf16 --steps 20 --warmup 3 --out "$OUT/step_time-others-bf16-compile.json"
+    stage step_time_512 200 python3 -m benchmarks.step_time --all --archs attention_unet,unetpp,resunet34 \
+        --points 8x512 --precision fp32 bf16 --steps 20 --warmup 3 --no-compile --out "$OUT/step_time-512.json"
+else
     stage upsample_more 155 python3 -m benchmarks.upsample --arch unet --points 32x64,8x512 --precision fp32 bf16 \
         --upsample transpose depth_to_space --pool window reshape --steps 30 --rounds 5 --out "$OUT/upsample-more.json"
+    stage step_time_unet_bf16 110 python3 -m benchmarks.step_time --arch unet --batch-size 32 --image-size 256 \
+        --precision bf16 --steps 20 --warmup 3 --out "$OUT/step_time-unet-bf16.json"
 fi
 ls -la "$OUT"
