@@ -14,7 +14,7 @@
 # --recount-flops FILE`).
 #
 # Stages, most important first, each under `timeout` so one that overruns cannot take
-# the others down (budgets add up to 460 s in part 1, 450 s in part 2, 265 s in part 3;
+# the others down (budgets add up to 460 s in part 1, 450 s in part 2, 465 s in part 3;
 # sized from the GPU runs of 2026-11-26, where one point with torch.compile took 70-120 s
 # and one without 40-70 s). unet's fp32 and bf16 points, the DRIVE loop and time to accuracy
 # were measured with depth_to_space on an H100 and an H200 (README); what is left:
@@ -25,8 +25,9 @@
 #   1. step_time, attention_unet and unetpp at batch 32 256x256, bf16, with torch.compile
 #   2. step_time, the other three architectures at batch 8 512x512, fp32 and bf16, eager only
 # part 3
-#   1. upsample x pooling at the DRIVE recipe (32x64) and 8x512, fp32 and bf16
-#   2. step_time, unet, batch 32 256x256, bf16, with torch.compile (the H100's target point, again)
+#   1. the front door on a GPU: `python -m experiments.drive --arch unetpp`, whole command timed
+#   2. upsample x pooling at the DRIVE recipe (32x64) and 8x512, fp32 and bf16
+#   3. step_time, unet, batch 32 256x256, bf16, with torch.compile (the H100's target point, again)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART="${1:-1}"
@@ -60,6 +61,8 @@ elif [ "$PART" = 2 ]; then
     stage step_time_512 200 python3 -m benchmarks.step_time --all --archs attention_unet,unetpp,resunet34 \
         --points 8x512 --precision fp32 bf16 --steps 20 --warmup 3 --no-compile --out "$OUT/step_time-512.json"
 else
+    stage drive_unetpp 200 python3 -m experiments.drive --arch unetpp --no-progress --workdir /tmp/drive_unetpp
+    cp /tmp/drive_unetpp/results.json "$OUT/drive-unetpp-results.json"
     stage upsample_more 155 python3 -m benchmarks.upsample --arch unet --points 32x64,8x512 --precision fp32 bf16 \
         --upsample transpose depth_to_space --pool window reshape --steps 30 --rounds 5 --out "$OUT/upsample-more.json"
     stage step_time_unet_bf16 110 python3 -m benchmarks.step_time --arch unet --batch-size 32 --image-size 256 \
