@@ -282,6 +282,7 @@ class VolumeReporter:
         if self.num_classes > 2:
             for k in range(1, self.num_classes):
                 row[f"dice_class{k}"], row[f"dice_lcc_class{k}"] = float(d[k - 1]), float(d_lcc[k - 1])
+                row[f"label_voxels_class{k}"] = int(np.count_nonzero(label == k))  # for ignore_empty per class later
         row["_empty"] = empty
         sd = slice_dice(pred, label, self.num_classes)
         for sid, p, y, s in zip(ids, pred, label, sd):
