@@ -2,7 +2,8 @@
 
     python -m experiments.brain_mri --arch unet                                  # seeded patient split
     python -m experiments.brain_mri --split experiments/splits/lgg_50.json       # the committed split
-    python -m experiments.brain_mri --folds 5 --fold 0                           # cross-validation by patient
+    python -m experiments.brain_mri --folds 5 --fold 0 --workdir runs/cv/f0      # cross-validation by patient
+    python -m unet_jax.crossval runs/cv/f0 runs/cv/f1 ...                        # its figure over all folds
     python -m experiments.brain_mri --evaluate runs/lgg-unet-... --data-dir OTHER --workdir runs/eval
 
 The data folder (``kaggle_3m``: one folder per patient) comes from --data-dir, else
