@@ -443,6 +443,14 @@ def test_few_step_run_on_three_patients_writes_results_dsc_and_gifs(tmp_path):
     assert [r["case"] for r in ev["volumes_per_patient"]] == split["test"]
     for key in ("dice", "dice_per_case_mean", "sensitivity", "num_images"):
         assert ev["test"][key] == pytest.approx(results["test"][key], abs=1e-6)
+    # The run folder and the evaluation folder as crossval reads them: the run's own figure;
+    # refused together, since both tested the same patient.
+    from unet_jax import crossval
+
+    assert crossval.summarize([crossval.load_run(run)])["dice_per_volume_mean"] == pytest.approx(
+        vol["dice_per_volume_mean"], rel=1e-12)
+    with pytest.raises(DataError, match=f"{split['test'][0]} is a test case of both"):
+        crossval.summarize([crossval.load_run(run), crossval.load_run(out)])
     assert brain_mri.main(["--evaluate", str(tmp_path / "nowhere"), "--data-dir", str(root)]) == 2
     _predict_patient_folders(run, other, split["test"][0], tmp_path)
 
