@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no per-volume 10th-99th percentile rescale")
     g.add_argument("--no-standardize", dest="standardize", action="store_false",
                    help="no per-volume, per-channel standardisation")
+    g.add_argument("--head-mask", action=argparse.BooleanOptionalAction, default=None,
+                   help="clear the background of a channel whose background is not dark (a few Kaggle volumes' "
+                        "pre-contrast lies on a grey field) before cropping; training default: on; --evaluate "
+                        "default: as the run was trained")
     g.add_argument("--uniform-share", type=float, default=0.1,
                    help="slices are drawn in proportion to their abnormal area plus this share spread uniformly "
                         "over each patient's slices; negative: uniform sampling")
@@ -100,7 +104,7 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
     options: dict[str, Any] = {
         "root": str(resolve_lgg_dir(a.data_dir)), "split": a.split, "split_seed": a.split_seed,
         "val_fraction": a.val_fraction, "test_fraction": a.test_fraction, "folds": a.folds, "fold": a.fold,
-        "crop": a.crop, "rescale": a.rescale, "standardize": a.standardize,
+        "crop": a.crop, "rescale": a.rescale, "standardize": a.standardize, "head_mask": a.head_mask is not False,
         "uniform_share": a.uniform_share if a.uniform_share >= 0 else None, "context": a.context}
     pre = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore", image_size=a.image_size)
     dataset = data.get("lgg", preprocess=pre, progress=a.progress, **options)
@@ -115,8 +119,9 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None, workdir: str | Path | None, *, which: str = "best",
-                 overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    """A trained LGG run evaluated on every patient of `data_dir`; results in a new `workdir`."""
+                 overwrite: bool = False, progress: bool = True, head_mask: bool | None = None) -> dict[str, Any]:
+    """A trained LGG run evaluated on every patient of `data_dir`; results in a new `workdir`
+    (`head_mask`: None keeps the run's setting; runs from before the option had it off)."""
     from unet_jax.data.lgg import resolve_lgg_dir
     from unet_jax.evaluation import evaluate
     from unet_jax.predictor import PredictorError, load_run_state
@@ -132,6 +137,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None, workdir: str | Path 
         raise PredictorError(f"{run_dir} was trained on {cfg.data.dataset!r}, not on LGG")
     options = {**cfg.data.options, "root": str(resolve_lgg_dir(data_dir)), "split": "all", "folds": None,
                "fold": None, "patients": None}
+    if head_mask is not None:
+        options["head_mask"] = head_mask
     dataset = data.get("lgg", preprocess=cfg.data.preprocess, progress=progress, **options)
     state = load_run_state(run_dir, which=which)[2]
     workdir = Path(workdir or f"runs/lgg-eval-{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         evaluate_run(args.evaluate, args.data_dir, args.workdir, which=args.which, overwrite=args.overwrite,
-                     progress=args.progress)
+                     progress=args.progress, head_mask=args.head_mask)
     except (DataError, WorkdirError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -140,6 +140,68 @@ def test_generated_patients_and_bad_input(tmp_path):
         LggDataset(tmp_path / "missing", preprocess=PRE, progress=False)
 
 
+def write_head_patient(root: Path, name: str, *, grey_field: bool, n: int = 3, size: int = 48) -> None:
+    """A patient whose head is a disc of tissue (values 60-200) on a black background, with a
+    hole inside (0 in FLAIR and post-contrast, 100 in pre-contrast); with `grey_field`, the
+    pre-contrast channel's background is 100 instead of 0 (as in TCGA_FG_7637)."""
+    rng = np.random.default_rng(3)
+    folder = root / name
+    folder.mkdir(parents=True)
+    yy, xx = np.mgrid[:size, :size]
+    head = (yy - 24) ** 2 + (xx - 22) ** 2 < 15 ** 2
+    hole = (yy - 24) ** 2 + (xx - 22) ** 2 < 3 ** 2
+    for k in range(1, n + 1):
+        image = np.where(head[..., None], rng.integers(60, 201, (size, size, 3)), 0).astype(np.uint8)
+        image[hole] = (100, 0, 0)
+        if grey_field:
+            image[~head, 0] = 100
+        label = np.zeros((size, size), np.uint8)
+        label[20:26, 18:24] = 255
+        assert cv2.imwrite(str(folder / f"{name}_{k}.tif"), image[..., ::-1])  # stored as BGR
+        assert cv2.imwrite(str(folder / f"{name}_{k}_mask.tif"), label)
+
+
+@pytest.mark.parametrize("context", [0, 1])
+def test_head_mask_clears_a_grey_field_and_leaves_dark_volumes_alone(tmp_path, context):
+    """The grey-field patient with head_mask preprocesses exactly as the same patient on a
+    black background (crop box, statistics, every input voxel; the hole inside the head is
+    kept); without it the crop box is the whole slice. A dark volume is untouched."""
+    write_head_patient(tmp_path / "grey", "G", grey_field=True)
+    write_head_patient(tmp_path / "dark", "G", grey_field=False)
+    pre = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore", image_size=32)
+
+    def inputs(root, head_mask):
+        ds = LggDataset(root, split="all", preprocess=pre, progress=False, head_mask=head_mask, context=context)
+        return ds, np.stack([ds.preprocess(ds.test()[i]).image for i in range(len(ds.test()))])
+
+    grey, x_grey = inputs(tmp_path / "grey", True)
+    dark, x_dark = inputs(tmp_path / "dark", True)
+    _, x_dark_off = inputs(tmp_path / "dark", False)
+    plain, _ = inputs(tmp_path / "grey", False)
+    r = 14  # the largest offset with offset**2 < 15**2: the disc spans centre +- 14
+    assert grey.volume("G").box == dark.volume("G").box == (24 - r, 24 + r + 1, 22 - r, 22 + r + 1)
+    assert plain.volume("G").box == (0, 48, 0, 48)  # the grey field defeats the crop
+    np.testing.assert_array_equal(x_grey, x_dark)
+    np.testing.assert_array_equal(x_dark, x_dark_off)
+    assert grey.describe()["preprocessing"]["bright_background"] == {"G": [0]}
+    assert dark.describe()["preprocessing"]["bright_background"] == {}
+
+
+FG_GREY = "TCGA_FG_7637_20000922"  # its pre-contrast channel lies on a grey field
+
+
+@pytest.mark.skipif(not (LGG_DIR / FG_GREY).is_dir(), reason=f"no {FG_GREY} at {LGG_DIR}")
+def test_head_mask_finds_the_real_grey_field_patient(tmp_path):
+    root = real_subset(tmp_path, [FG_GREY, REAL[0]])
+    on = LggDataset(root, split="all", preprocess=PRE, progress=False, head_mask=True)
+    off = LggDataset(root, split="all", preprocess=PRE, progress=False)
+    assert on.bright_background == {FG_GREY: [0]}
+    assert off.volume(FG_GREY).box == (0, 256, 0, 256)
+    y0, y1, x0, x1 = on.volume(FG_GREY).box
+    assert (y1 - y0) * (x1 - x0) < 0.8 * 256 * 256  # cropped to the head
+    assert on.volume(REAL[0]).box == off.volume(REAL[0]).box
+
+
 def test_context_stacks_each_slices_neighbours_preprocessed_as_the_2d_dataset(tmp_path):
     """2.5D input against the 2D dataset as the reference: channels 3j..3j+2 of slice k are
     slice k-c+j of the same patient (clamped to its first and last slice), through the same
@@ -217,6 +279,10 @@ def test_entry_point_folds_leave_validation_patients_to_the_engine(tmp_path):
     assert len(val) == 3 and len(fit) == 9
     assert cfg.data.augment == AugmentConfig(flips=True, vertical_flip=False, rot90=False, brightness=0.0,
                                              contrast=0.0, scale=0.05, rotate=15.0)
+    assert cfg.data.options["head_mask"] is True and ds.head_mask  # on by default when training
+    cfg, ds = brain_mri.build(brain_mri.build_parser().parse_args(
+        ["--data-dir", str(tmp_path), "--no-head-mask", "--image-size", "16", "--no-progress"]))
+    assert cfg.data.options["head_mask"] is False and not ds.head_mask
 
 
 def test_entry_point_patch_size_defaults_to_the_whole_slice_and_is_checked(tmp_path):

@@ -24,6 +24,16 @@ each computed over the whole volume once, when the dataset is built:
    together) to [0, 1], clipped;
 4. ``standardize``: each channel to mean 0, std 1 over the volume.
 
+``head_mask`` (not in the reference; the entry point's default) first clears the
+background of a channel whose background is not dark. A few Kaggle volumes have one (of
+the 50 here, the pre-contrast channel of TCGA_FG_7637 and TCGA_FG_A4MU lies on a grey
+field): the 10% threshold then keeps the whole slice, the crop box is the whole slice and
+the channel's statistics are the field's. A channel counts as bright when most voxels of
+the slices' outer 4-pixel frame are at or above the threshold; in such a volume, each
+slice's voxels outside the head (below the threshold in every other channel and connected
+to the slice's border through such voxels) are set to 0 in the bright channels. Volumes
+without a bright channel are untouched.
+
 ``context=c`` feeds the c neighbouring slices on each side as extra channels (2.5D input,
 3 * (2c + 1) channels: slices k-c..k+c of three each, the end slices repeated at a volume's
 ends), each through the same volume preprocessing; the label is slice k's.
@@ -85,6 +95,33 @@ def brain_threshold(volume: np.ndarray) -> float:
     """The crop's threshold of a volume: 10% of its maximum (the reference's rule). Voxels
     below it are set to 0 before anything else reads them."""
     return 0.1 * float(volume.max())
+
+
+def bright_background_channels(volume: np.ndarray, threshold: float) -> tuple[int, ...]:
+    """The channels of a (N, H, W, C) volume whose background is not dark: more than half of
+    the voxels in the slices' outer 4-pixel frame at or above `threshold`."""
+    frame = np.ones(volume.shape[1:3], bool)
+    frame[4:-4, 4:-4] = False
+    edge = volume[:, frame, :]  # (N, frame pixels, C)
+    return tuple(c for c in range(volume.shape[-1]) if np.mean(edge[..., c] >= threshold) > 0.5)
+
+
+def clear_background(image: np.ndarray, bright: tuple[int, ...], threshold: float) -> np.ndarray:
+    """`image` (H, W, 3k: k slices of three channels) with the voxels outside the head set to
+    0 in the `bright` channels of each slice: outside is below `threshold` in every other
+    channel and connected to the border through such voxels (holes inside the head stay)."""
+    x = np.array(image, copy=True)
+    h, w = x.shape[:2]
+    groups = x.reshape(h, w, -1, 3)  # a view: writing to it writes x
+    dark = [c for c in range(3) if c not in bright]
+    for g in range(groups.shape[2]):
+        low = np.all(groups[:, :, g, dark] < threshold, axis=-1).astype(np.uint8)
+        _, labels = cv2.connectedComponents(low, connectivity=4)  # 0: head voxels
+        border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        outside = np.isin(labels, border[border > 0])
+        for c in bright:
+            groups[:, :, g, c][outside] = 0
+    return x
 
 
 def resolve_lgg_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -209,8 +246,8 @@ class LggSource:
 class _Volume:
     """One patient's volume-level preprocessing: crop box, padding, intensity statistics."""
 
-    def __init__(self, box: tuple[int, int, int, int], threshold: float):
-        self.box, self.threshold = box, threshold
+    def __init__(self, box: tuple[int, int, int, int], threshold: float, bright: tuple[int, ...] = ()):
+        self.box, self.threshold, self.bright = box, threshold, bright  # bright: channels cleared outside the head
         self.lo = self.hi = 0.0
         self.mean = np.zeros(3, np.float32)
         self.std = np.ones(3, np.float32)
@@ -253,6 +290,8 @@ class LggDataset(Dataset):
       masks: False lets patient folders come without masks (volumes to predict: their
         labels are all background and the dataset is not :attr:`labelled`).
       crop, rescale, standardize: the volume-level preprocessing steps (module docstring).
+      head_mask: clear the background of channels whose background is not dark (module
+        docstring; off by default, as in the reference).
       uniform_share: training slices are drawn with probability proportional to their
         abnormal area plus this share spread uniformly over the patient's slices (0.1 in
         the reference); None draws slices uniformly.
@@ -284,6 +323,7 @@ class LggDataset(Dataset):
         crop: bool = True,
         rescale: bool = True,
         standardize: bool = True,
+        head_mask: bool = False,
         uniform_share: float | None = 0.1,
         context: int = 0,
         preprocess: PreprocessConfig = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore",
@@ -304,7 +344,8 @@ class LggDataset(Dataset):
         else:  # where the named patient folders live (for messages and results.json)
             parents = [str(Path(f).resolve().parent) for f in folders]
             self.root = Path(os.path.commonpath(parents)) if parents else Path(".")
-        self.crop, self.rescale, self.standardize = crop, rescale, standardize
+        self.crop, self.rescale, self.standardize, self.head_mask = crop, rescale, standardize, head_mask
+        self.bright_background: dict[str, list[int]] = {}  # patient -> channels cleared outside the head
         self.uniform_share = uniform_share
         if folders is None:
             available = list_patients(self.root)
@@ -401,6 +442,12 @@ class LggDataset(Dataset):
             images.append(image)
         volume = np.stack(images)  # (N, H, W, 3) uint8: at most ~90 slices of 256x256x3
         threshold = brain_threshold(volume)
+        bright = bright_background_channels(volume, threshold) if self.head_mask and threshold > 0 else ()
+        if len(bright) == volume.shape[-1]:
+            bright = ()  # no dark channel to tell the head from the background
+        if bright:
+            self.bright_background[slices[0][0]] = list(bright)
+            volume = np.stack([clear_background(im, bright, threshold) for im in volume])
         if self.crop:
             kept = volume >= threshold if threshold > 0 else np.zeros(volume.shape, bool)
             ys = np.flatnonzero(kept.any(axis=(0, 2, 3)))
@@ -408,7 +455,7 @@ class LggDataset(Dataset):
             box = (int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1) if ys.size else (0, shape[0], 0, shape[1])
         else:
             box = (0, shape[0], 0, shape[1])
-        vol = _Volume(box, threshold)
+        vol = _Volume(box, threshold, bright)
         if self.rescale or self.standardize:
             x = np.stack([self._geometry(vol, im) for im in images])
             if self.rescale:
@@ -422,6 +469,8 @@ class LggDataset(Dataset):
 
     def _geometry(self, vol: _Volume, image: np.ndarray) -> np.ndarray:
         x = image.astype(np.float32)
+        if vol.bright:
+            x = clear_background(x, vol.bright, vol.threshold)
         if self.crop:
             x[x < vol.threshold] = 0.0  # the reference zeroes what is below 10% of the maximum
         return vol.geometry(x, self.preprocessing.image_size, cv2.INTER_CUBIC)
@@ -540,7 +589,7 @@ class LggDataset(Dataset):
                 folders.append(path)
             else:
                 folders += [path / p for p in list_patients(path)]
-        steps = {k: options[k] for k in ("crop", "rescale", "standardize", "context") if k in options}
+        steps = {k: options[k] for k in ("crop", "rescale", "standardize", "head_mask", "context") if k in options}
         return cls(folders=folders, split="all", masks=False, uniform_share=None, preprocess=preprocess,
                    progress=progress, **steps)
 
@@ -553,6 +602,7 @@ class LggDataset(Dataset):
         return {**super().describe(), "root": str(self.root.resolve()), "split": self.split_info,
                 "num_train": len(self._train), "num_val": len(self._val), "num_test": len(self._test),
                 "preprocessing": {"crop": self.crop, "rescale": self.rescale, "standardize": self.standardize,
+                                  "head_mask": self.head_mask, "bright_background": self.bright_background,
                                   "image_size": self.preprocessing.image_size, "context": self.context},
                 "sampling": "uniform" if self.uniform_share is None else
                 f"area-weighted per patient, uniform share {self.uniform_share}",
