@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from unet_jax.data.base import DataError
+from unet_jax.volumes import per_volume_figures
 
 __all__ = ["FoldRun", "load_run", "summarize"]
 
@@ -128,12 +127,6 @@ def _check_folds(runs: list[FoldRun]) -> dict[str, Any]:
     return {"folds": folds, "split_seed": seed, "folds_held": sorted(seen), "other_runs": len(runs) - len(folded)}
 
 
-def _stats(values: np.ndarray) -> dict[str, float]:
-    if not values.size:
-        return {"mean": float("nan"), "median": float("nan")}
-    return {"mean": float(np.mean(values)), "median": float(np.median(values))}
-
-
 def summarize(runs: list[FoldRun], *, ignore_empty: bool = True) -> dict[str, Any]:
     """Mean and median per-volume Dice (with and without LCC) over every run's test cases.
 
@@ -148,37 +141,17 @@ def summarize(runs: list[FoldRun], *, ignore_empty: bool = True) -> dict[str, An
                                 "cross-validation needs disjoint test cases")
             owner[row["case"]] = r.name
     out: dict[str, Any] = _check_folds(runs)
-
-    def figures(rows):
-        rows = _scored(rows, ignore_empty)
-        f: dict[str, Any] = {"num_volumes_scored": len(rows)}
-        for column, key in (("dice", "dice_per_volume"), ("dice_lcc", "dice_per_volume_lcc")):
-            s = _stats(np.asarray([row[column] for row in rows], np.float64))
-            f[f"{key}_mean"], f[f"{key}_median"] = s["mean"], s["median"]
-        classes = sorted({c for row in rows for c in row if c.startswith("dice_class")})
-        for c in classes:  # per class: cases whose label lacks that class left out when ignore_empty
-            k = c.removeprefix("dice_class")
-            rk = [row for row in rows if c in row and not (ignore_empty and row.get(f"label_voxels_class{k}", 1) == 0)]
-            s = _stats(np.asarray([row[c] for row in rk], np.float64))
-            f[f"{c}_per_volume_mean"], f[f"{c}_per_volume_median"] = s["mean"], s["median"]
-        return f
-
     all_rows = [dict(row, run=r.name) for r in runs for row in r.rows]
-    out.update(figures(all_rows))
+    out.update(per_volume_figures(all_rows, ignore_empty=ignore_empty))  # the reporter's figures, over all runs
     out["num_volumes"] = len(all_rows)
-    out["runs"] = [{"run": r.name, "fold": r.fold, "num_volumes": len(r.rows), **r.facts, **figures(r.rows)}
-                   for r in runs]
+    out["runs"] = [{"run": r.name, "fold": r.fold, "num_volumes": len(r.rows), **r.facts,
+                    **per_volume_figures(r.rows, ignore_empty=ignore_empty)} for r in runs]
     out["ignore_empty"] = ignore_empty
     out["convention"] = ("every test case of every run weighs alike; per-volume Dice pools a case's voxels; "
                          + ("cases with an empty label left out (ignore_empty)" if ignore_empty
                             else "cases with an empty label kept as their runs scored them"))
     out["cases"] = all_rows
     return out
-
-
-def _scored(rows: list[dict[str, Any]], ignore_empty: bool) -> list[dict[str, Any]]:
-    """The rows that count: with ignore_empty, those whose label is not empty."""
-    return [row for row in rows if not (ignore_empty and row["label_voxels"] == 0)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,14 +185,14 @@ def _report(summary: dict[str, Any]) -> str:
 
 def write_outputs(summary: dict[str, Any], output: Path) -> None:
     """crossval.json, per_volume.csv (every case with its run) and dsc.png in `output`."""
-    from unet_jax.volumes import plot_dsc
+    from unet_jax.volumes import plot_dsc, scored_volumes
     from unet_jax.workdir import atomic_write_csv, atomic_write_json
 
     output.mkdir(parents=True, exist_ok=True)
     cases = summary["cases"]
     columns = ["run", "case"] + [c for c in cases[0] if c not in ("run", "case")]
     atomic_write_csv(output / "per_volume.csv", [{c: row.get(c, "") for c in columns} for row in cases])
-    scored = _scored(cases, summary["ignore_empty"])
+    scored = scored_volumes(cases, ignore_empty=summary["ignore_empty"])
     if scored:
         plot_dsc([row["case"] for row in scored], [row["dice"] for row in scored], output / "dsc.png",
                  dice_lcc=[row["dice_lcc"] for row in scored],

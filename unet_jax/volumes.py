@@ -32,7 +32,8 @@ import numpy as np
 
 from unet_jax.data.base import Example
 
-__all__ = ["CaseSlices", "VolumeReporter", "largest_component", "lcc_method", "plot_dsc", "slice_dice", "volume_dice"]
+__all__ = ["CaseSlices", "VolumeReporter", "largest_component", "lcc_method", "per_volume_figures", "plot_dsc",
+           "scored_volumes", "slice_dice", "volume_dice"]
 
 SLICE_CONVENTION = "a slice whose label and prediction are both empty scores 1; one with only one of them empty scores 0"
 
@@ -194,6 +195,38 @@ def plot_dsc(names: list[str], dice: list[float], path: Path, *, title: str = ""
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
+def scored_volumes(rows: list[dict[str, Any]], *, ignore_empty: bool = True) -> list[dict[str, Any]]:
+    """The per_volume rows that count: with `ignore_empty`, those whose label is not empty."""
+    return [r for r in rows if not (ignore_empty and r["label_voxels"] == 0)]
+
+
+def per_volume_figures(rows: list[dict[str, Any]], *, ignore_empty: bool = True) -> dict[str, Any]:
+    """Mean and median over volumes of per-volume Dice, with and without LCC, from the rows
+    of a per_volume.csv (``dice``, ``dice_lcc``, ``label_voxels``; multi-class rows also
+    ``dice_class<k>``, ``dice_lcc_class<k>``, ``label_voxels_class<k>``). With
+    `ignore_empty`, volumes whose label is empty are left out, and per class the volumes
+    whose label lacks that class."""
+
+    def stat(f, a):
+        return float(f(np.asarray(a, np.float64))) if len(a) else float("nan")
+
+    scored = scored_volumes(rows, ignore_empty=ignore_empty)
+    d, dl = [r["dice"] for r in scored], [r["dice_lcc"] for r in scored]
+    out: dict[str, Any] = {
+        "num_volumes_scored": len(scored),
+        "dice_per_volume_mean": stat(np.mean, d), "dice_per_volume_median": stat(np.median, d),
+        "dice_per_volume_lcc_mean": stat(np.mean, dl), "dice_per_volume_lcc_median": stat(np.median, dl)}
+    classes = sorted({c.removeprefix("dice_class") for r in rows for c in r if c.startswith("dice_class")}, key=int)
+    for k in classes:
+        has = [r for r in rows if f"dice_class{k}" in r
+               and not (ignore_empty and r.get(f"label_voxels_class{k}", 1) == 0)]
+        dk, dlk = [r[f"dice_class{k}"] for r in has], [r[f"dice_lcc_class{k}"] for r in has]
+        out[f"dice_class{k}_per_volume_mean"] = stat(np.mean, dk)
+        out[f"dice_class{k}_per_volume_median"] = stat(np.median, dk)
+        out[f"dice_class{k}_per_volume_lcc_mean"] = stat(np.mean, dlk)
+    return out
+
+
 class CaseSlices:
     """Gathers a stream of slices into volumes: items of one case are collected until the
     case changes, then ``on_volume(case, items)`` is called (and by :meth:`flush` for the
@@ -276,14 +309,12 @@ class VolumeReporter:
         """Fills `row` with the volume's Dice (with and without LCC); adds its slice rows."""
         post = keep_largest(pred, self.num_classes)
         d, d_lcc = volume_dice(pred, label, self.num_classes), volume_dice(post, label, self.num_classes)
-        empty = [not np.any(label == k) for k in range(1, self.num_classes)]
         row.update({"dice": float(np.mean(d)), "dice_lcc": float(np.mean(d_lcc)),
                     "label_voxels": int(np.count_nonzero(label)), "pred_voxels": int(np.count_nonzero(pred))})
         if self.num_classes > 2:
             for k in range(1, self.num_classes):
                 row[f"dice_class{k}"], row[f"dice_lcc_class{k}"] = float(d[k - 1]), float(d_lcc[k - 1])
-                row[f"label_voxels_class{k}"] = int(np.count_nonzero(label == k))  # for ignore_empty per class later
-        row["_empty"] = empty
+                row[f"label_voxels_class{k}"] = int(np.count_nonzero(label == k))  # ignore_empty per class
         sd = slice_dice(pred, label, self.num_classes)
         for sid, p, y, s in zip(ids, pred, label, sd):
             self.slice_rows.append({"id": sid, "case": case, "dice": float(np.mean(s)),
@@ -303,7 +334,7 @@ class VolumeReporter:
 
     def per_volume_rows(self) -> list[dict[str, Any]]:
         """One row per closed volume: its Dice with and without LCC, slices, voxel counts."""
-        return [{k: v for k, v in r.items() if k != "_empty"} for r in self.rows]
+        return list(self.rows)
 
     def finish(self) -> dict[str, Any]:
         """Closes the last volume, writes per_volume.csv, per_slice_volume.csv and dsc.png;
@@ -318,9 +349,7 @@ class VolumeReporter:
         atomic_write_csv(workdir / "per_volume.csv", rows)
         if not self.labelled:
             return {"num_volumes": len(rows), "scored": False}
-        scored = [r for r in self.rows if not (ignore_empty and all(r["_empty"]))]
-        d = np.asarray([r["dice"] for r in scored], np.float64)
-        dl = np.asarray([r["dice_lcc"] for r in scored], np.float64)
+        figures = per_volume_figures(rows, ignore_empty=ignore_empty)
         s_all = np.asarray([r["dice"] for r in self.slice_rows], np.float64)
         s_fg = np.asarray([r["dice"] for r in self.slice_rows if not r["label_empty"]], np.float64)
 
@@ -328,9 +357,7 @@ class VolumeReporter:
             return float(f(a)) if a.size else float("nan")
 
         out: dict[str, Any] = {
-            "num_volumes": len(self.rows), "num_volumes_scored": len(scored),
-            "dice_per_volume_mean": stat(np.mean, d), "dice_per_volume_median": stat(np.median, d),
-            "dice_per_volume_lcc_mean": stat(np.mean, dl), "dice_per_volume_lcc_median": stat(np.median, dl),
+            "num_volumes": len(rows), **{k: v for k, v in figures.items() if "class" not in k},
             "dice_per_slice_mean": stat(np.mean, s_all),
             "dice_per_slice_mean_nonempty_label": stat(np.mean, s_fg),
             "num_slices": int(s_all.size), "num_slices_nonempty_label": int(s_fg.size),
@@ -339,17 +366,11 @@ class VolumeReporter:
                 "volumes with an empty label are left out of the mean and median (ignore_empty)" if ignore_empty
                 else "a volume with an empty label scores 1 if nothing is predicted, else 0"),
             "lcc": lcc_method(),
+            **{k: v for k, v in figures.items() if "class" in k},
         }
-        if self.num_classes > 2:
-            for k in range(1, self.num_classes):
-                dk = np.asarray([r[f"dice_class{k}"] for r in self.rows if not (ignore_empty and r["_empty"][k - 1])])
-                dlk = np.asarray([r[f"dice_lcc_class{k}"] for r in self.rows
-                                  if not (ignore_empty and r["_empty"][k - 1])])
-                out[f"dice_class{k}_per_volume_mean"] = stat(np.mean, dk)
-                out[f"dice_class{k}_per_volume_median"] = stat(np.median, dk)
-                out[f"dice_class{k}_per_volume_lcc_mean"] = stat(np.mean, dlk)
         atomic_write_csv(workdir / "per_slice_volume.csv", self.slice_rows)
+        scored = scored_volumes(rows, ignore_empty=ignore_empty)
         if scored:
-            plot_dsc([r["case"] for r in scored], list(d), workdir / "dsc.png", dice_lcc=list(dl),
-                     title=title or f"per-volume Dice, {len(scored)} volumes")
+            plot_dsc([r["case"] for r in scored], [r["dice"] for r in scored], workdir / "dsc.png",
+                     dice_lcc=[r["dice_lcc"] for r in scored], title=title or f"per-volume Dice, {len(scored)} volumes")
         return out
