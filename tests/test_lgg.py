@@ -283,6 +283,10 @@ def test_entry_point_folds_leave_validation_patients_to_the_engine(tmp_path):
     cfg, ds = brain_mri.build(brain_mri.build_parser().parse_args(
         ["--data-dir", str(tmp_path), "--no-head-mask", "--image-size", "16", "--no-progress"]))
     assert cfg.data.options["head_mask"] is False and not ds.head_mask
+    cfg, _ = brain_mri.build(brain_mri.build_parser().parse_args(
+        ["--data-dir", str(tmp_path), "--flair-substitute", "0.3", "--image-size", "16", "--no-progress"]))
+    a = cfg.data.augment  # pre- and post-contrast (0, 2) from FLAIR (1), per slice of three channels
+    assert (a.substitute, a.substitute_channels, a.substitute_source, a.channel_group) == (0.3, (0, 2), 1, 3)
 
 
 def test_entry_point_patch_size_defaults_to_the_whole_slice_and_is_checked(tmp_path):

@@ -10,11 +10,13 @@ checked exactly rather than statistically.
 from __future__ import annotations
 
 import itertools
+import json
 
 import cv2
 import numpy as np
 import pytest
 
+from unet_jax.config import ConfigError, DataConfig, RunConfig
 from unet_jax.data import (
     AugmentConfig,
     Example,
@@ -138,6 +140,56 @@ def test_intensity_augmentation():
     np.testing.assert_array_equal(plain["mask"], jit["mask"])
     assert not np.allclose(plain["image"], jit["image"])
     assert jit["image"].min() >= 0.0 and jit["image"].max() <= 1.0
+
+
+def test_channel_substitution():
+    """Each substituted channel is either itself or the source channel, drawn with the stated
+    probability independently per channel (binomial bounds of 5 standard deviations), the same
+    in every channel group; label and mask untouched."""
+    n, p = 2048, 0.3
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.0, 1.0, (H, W, 1)).astype(np.float32)
+    images = [base + np.arange(6, dtype=np.float32) * 10 for _ in range(2)]  # 2 groups of 3 channels
+    _, labels, fovs = _coord_data(2)
+    aug = AugmentConfig(flips=False, rot90=False, brightness=0.0, contrast=0.0, substitute=p,
+                        substitute_channels=(0, 2), substitute_source=1, channel_group=3)
+    plain = _ds(images, labels, fovs, patch_size=P, batch_size=n, augment=NO_AUG)[0]
+    sub = _ds(images, labels, fovs, patch_size=P, batch_size=n, augment=aug)[0]
+    np.testing.assert_array_equal(plain["label"], sub["label"])
+    np.testing.assert_array_equal(plain["mask"], sub["mask"])
+    x, ref = sub["image"], plain["image"]
+    np.testing.assert_array_equal(x[..., [1, 4]], ref[..., [1, 4]])  # the source channels stay
+    replaced = {}
+    for c in (0, 2):
+        same = np.all(x[..., c] == ref[..., c], axis=(1, 2))
+        from_source = np.all(x[..., c] == ref[..., 1], axis=(1, 2))
+        assert np.all(same ^ from_source)  # one or the other, never a mix
+        np.testing.assert_array_equal(np.all(x[..., 3 + c] == ref[..., 4], axis=(1, 2)), from_source)  # group 2
+        np.testing.assert_array_equal(np.all(x[..., 3 + c] == ref[..., 3 + c], axis=(1, 2)), same)
+        replaced[c] = from_source
+        assert abs(from_source.sum() - n * p) <= 5 * np.sqrt(n * p * (1 - p))
+    both = np.sum(replaced[0] & replaced[2])
+    assert abs(both - n * p * p) <= 5 * np.sqrt(n * p * p * (1 - p * p))
+
+
+def test_channel_substitution_arguments():
+    images, labels, fovs = _coord_data(1)
+    with pytest.raises(ConfigError, match="substitute"):
+        AugmentConfig(substitute=1.5, substitute_channels=(0,))
+    with pytest.raises(ConfigError, match="substitute_channels"):
+        AugmentConfig(substitute=0.5, substitute_channels=(0, 1), substitute_source=1)
+    with pytest.raises(ConfigError, match="substitute_channels"):
+        AugmentConfig(substitute=0.5)
+    with pytest.raises(ConfigError, match="channel_group"):
+        AugmentConfig(substitute=0.5, substitute_channels=(3,), channel_group=3)
+    with pytest.raises(ValueError, match="images of 3 channels"):  # groups of 2 do not tile 3 channels
+        _ds(images, labels, fovs, patch_size=P, augment=AugmentConfig(substitute=0.5, substitute_channels=(0,),
+                                                                      substitute_source=1, channel_group=2))
+    # A run's config.json holds the channels as a JSON list.
+    aug = AugmentConfig(substitute=0.5, substitute_channels=[0, 2], substitute_source=1, channel_group=3)
+    assert aug.substitute_channels == (0, 2)
+    cfg = RunConfig(data=DataConfig(augment=aug))
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def test_clamping_at_image_border():

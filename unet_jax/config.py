@@ -84,6 +84,12 @@ class AugmentConfig:
     scale, rotate: a random zoom by U(1 - scale, 1 + scale) and rotation by
       U(-rotate, rotate) degrees about the patch centre (bilinear image, nearest label;
       pixels brought in from outside the patch are 0 and do not count); 0 disables.
+    substitute: each channel of ``substitute_channels`` replaced by channel
+      ``substitute_source`` with this probability, independently (a sequence missing from a
+      scan and filled in with another: the Kaggle LGG set puts FLAIR in place of a missing
+      pre- or post-contrast sequence); 0 disables. With ``channel_group`` g > 0 the indices
+      count within each group of g channels and every group gets the same choice (2.5D
+      input: the neighbouring slices lack the same sequence).
     """
 
     flips: bool = True
@@ -93,13 +99,26 @@ class AugmentConfig:
     vertical_flip: bool = True
     scale: float = 0.0
     rotate: float = 0.0
+    substitute: float = 0.0
+    substitute_channels: tuple[int, ...] = ()
+    substitute_source: int = 0
+    channel_group: int = 0
 
     def __post_init__(self):
+        object.__setattr__(self, "substitute_channels", tuple(int(c) for c in self.substitute_channels))  # JSON: list
+        channels, group = self.substitute_channels, self.channel_group
         _check("data.augment", [
             ("brightness", self.brightness >= 0, "must be >= 0"),
             ("contrast", 0 <= self.contrast < 1, "must be in [0, 1)"),
             ("scale", 0 <= self.scale < 1, "must be in [0, 1)"),
             ("rotate", 0 <= self.rotate <= 180, "must be in [0, 180] degrees"),
+            ("substitute", 0 <= self.substitute <= 1, "must be a probability in [0, 1]"),
+            ("substitute_channels", len(set(channels)) == len(channels) and all(c >= 0 for c in channels)
+             and self.substitute_source not in channels, "distinct channel indices >= 0, not the source"),
+            ("substitute_channels", self.substitute == 0 or bool(channels), "name the channels to substitute"),
+            ("substitute_source", self.substitute_source >= 0, "must be a channel index >= 0"),
+            ("channel_group", group >= 0 and (group == 0 or max(channels + (self.substitute_source,)) < group),
+             "0 (all channels one group) or a group size above every channel index"),
         ], self)
 
     @classmethod

@@ -26,8 +26,8 @@ Sampling of one patch
    shifted (clamped) to lie fully inside. An image smaller than the patch is
    zero-padded at the bottom and right, with ``mask == 0`` on the padding;
 4. augment: optional zoom / rotation (``scale``, ``rotate``), flips / 90-degree
-   rotations on image, label and mask together; brightness / contrast jitter on the
-   image only.
+   rotations on image, label and mask together; brightness / contrast jitter and channel
+   substitution (a missing sequence filled in with another) on the image only.
 
 Each element's randomness comes from grain's ``random_map``, which derives a
 generator from ``(seed, element index)``: the stream is deterministic for a
@@ -138,6 +138,12 @@ class PatchSampler:
             if len(channels) > 1:
                 raise ValueError(f"the training images have different channel counts: {sorted(channels)}")
         self.num_channels = int(self._prepared(0).image.shape[-1])
+        group = augment.channel_group or self.num_channels
+        if augment.substitute > 0 and (self.num_channels % group
+                                       or max(augment.substitute_channels + (augment.substitute_source,)) >= group):
+            raise ValueError(f"augment.substitute_channels {augment.substitute_channels} from channel "
+                             f"{augment.substitute_source} (channel_group {augment.channel_group}) do not fit images "
+                             f"of {self.num_channels} channels")
 
     def _prepared(self, k: int) -> PreparedExample:
         return self._cached[k] if self._cached is not None else PreparedExample(self.source[k], self.patch_size)
@@ -177,6 +183,8 @@ class PatchSampler:
                 image, label, mask = (np.rot90(a, n, axes=(0, 1)) for a in (image, label, mask))
         # Copies here: the crops above are views into the whole images.
         image = np.array(image, dtype=np.float32)
+        if aug.substitute > 0.0:
+            _substitute(image, rng, aug)
         if aug.contrast > 0.0:
             factor = rng.uniform(1.0 - aug.contrast, 1.0 + aug.contrast)
             mean = image.mean()
@@ -200,6 +208,16 @@ class PatchSampler:
             first = self._prepared(0).image
             area = first.shape[0] * first.shape[1] * len(self.source)
         return max(1, area // (self.patch_size * self.patch_size))
+
+
+def _substitute(image: np.ndarray, rng: np.random.Generator, aug: AugmentConfig) -> None:
+    """In place: each of ``aug.substitute_channels`` replaced by ``aug.substitute_source``
+    with probability ``aug.substitute``, the same choice in every channel group."""
+    chosen = [c for c in aug.substitute_channels if rng.random() < aug.substitute]
+    group = aug.channel_group or image.shape[-1]
+    for start in range(0, image.shape[-1], group):
+        for c in chosen:
+            image[..., start + c] = image[..., start + aug.substitute_source]
 
 
 def _zoom_rotate(image: np.ndarray, label: np.ndarray, mask: np.ndarray, rng: np.random.Generator, scale: float,

@@ -115,7 +115,8 @@ def training_data(cfg: RunConfig, source: Source, local_batch: int,
     unsupported = [what for what, used in (
         ("per-example sampling weights", weights is not None),
         ("zoom or rotation augmentation", d.augment.scale > 0 or d.augment.rotate > 0),
-        ("horizontal-only flips", d.augment.flips and not d.augment.vertical_flip)) if used]
+        ("horizontal-only flips", d.augment.flips and not d.augment.vertical_flip),
+        ("channel substitution", d.augment.substitute > 0)) if used]
     if unsupported and d.on_device == "yes":
         raise ConfigError("data.on_device", d.on_device, f"the device-resident sampler has no "
                           f"{', '.join(unsupported)}; use auto (host pipeline for this run) or no")
