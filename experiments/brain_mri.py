@@ -10,8 +10,8 @@ The data folder (``kaggle_3m``: one folder per patient) comes from --data-dir, e
 ``$UNET_JAX_LGG_DIR``, else ``./data/kaggle_3m``. Slices are preprocessed per volume (crop to
 the brain, pad to a square, resize to --image-size, 10th-99th percentile rescale,
 per-channel standardisation), drawn for training with probability weighted towards slices
-with abnormality (--uniform-share), augmented by zoom, rotation and horizontal flips (and,
-with --flair-substitute, FLAIR in place of the other sequences).
+with abnormality (--uniform-share), augmented by zoom, rotation, horizontal flips and FLAIR
+in place of the other sequences at random (--flair-substitute).
 Validation patients choose the best checkpoint; test patients give the reported figures,
 computed on the stored 256x256 masks: per-patient Dice (every voxel of a patient pooled)
 with mean and median, with and without largest-connected-component post-processing
@@ -73,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--aug-scale", type=float, default=0.05, help="random zoom by up to this fraction")
     g.add_argument("--aug-rotate", type=float, default=15.0, help="random rotation by up to this many degrees")
     g.add_argument("--no-aug-flip", dest="aug_flip", action="store_false", help="no random horizontal flips")
-    g.add_argument("--flair-substitute", type=float, default=0.0,
+    g.add_argument("--flair-substitute", type=float, default=0.3,
                    help="training: each of pre- and post-contrast replaced by FLAIR with this probability, as the "
-                        "Kaggle set fills a missing sequence (a few patients have FLAIR in two or all channels)")
+                        "Kaggle set fills a missing sequence (a few patients have FLAIR in two or all channels); 0: off")
     g.add_argument("--cache-mb", type=int, default=DataConfig().cache_mb,
                    help="keep the preprocessed training slices in memory if they fit, else read them per step")
     cli.add_augment_args(g)

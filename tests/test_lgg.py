@@ -278,15 +278,15 @@ def test_entry_point_folds_leave_validation_patients_to_the_engine(tmp_path):
     assert not (set(val.cases) | set(fit.cases)) & set(ds.test().cases)
     assert len(val) == 3 and len(fit) == 9
     assert cfg.data.augment == AugmentConfig(flips=True, vertical_flip=False, rot90=False, brightness=0.0,
-                                             contrast=0.0, scale=0.05, rotate=15.0)
+                                             contrast=0.0, scale=0.05, rotate=15.0, substitute=0.3,
+                                             substitute_channels=(0, 2), substitute_source=1, channel_group=3)
     assert cfg.data.options["head_mask"] is True and ds.head_mask  # on by default when training
     cfg, ds = brain_mri.build(brain_mri.build_parser().parse_args(
         ["--data-dir", str(tmp_path), "--no-head-mask", "--image-size", "16", "--no-progress"]))
     assert cfg.data.options["head_mask"] is False and not ds.head_mask
     cfg, _ = brain_mri.build(brain_mri.build_parser().parse_args(
-        ["--data-dir", str(tmp_path), "--flair-substitute", "0.3", "--image-size", "16", "--no-progress"]))
-    a = cfg.data.augment  # pre- and post-contrast (0, 2) from FLAIR (1), per slice of three channels
-    assert (a.substitute, a.substitute_channels, a.substitute_source, a.channel_group) == (0.3, (0, 2), 1, 3)
+        ["--data-dir", str(tmp_path), "--flair-substitute", "0", "--image-size", "16", "--no-progress"]))
+    assert cfg.data.augment.substitute == 0 and cfg.data.augment.substitute_channels == ()
 
 
 def test_entry_point_patch_size_defaults_to_the_whole_slice_and_is_checked(tmp_path):
