@@ -195,6 +195,11 @@ def plot_dsc(names: list[str], dice: list[float], path: Path, *, title: str = ""
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
+def _stat(f: Any, values: Any) -> float:
+    """`f` (np.mean, np.median) of `values` in float64; NaN when there are none."""
+    return float(f(np.asarray(values, np.float64))) if len(values) else float("nan")
+
+
 def scored_volumes(rows: list[dict[str, Any]], *, ignore_empty: bool = True) -> list[dict[str, Any]]:
     """The per_volume rows that count: with `ignore_empty`, those whose label is not empty."""
     return [r for r in rows if not (ignore_empty and r["label_voxels"] == 0)]
@@ -206,24 +211,20 @@ def per_volume_figures(rows: list[dict[str, Any]], *, ignore_empty: bool = True)
     ``dice_class<k>``, ``dice_lcc_class<k>``, ``label_voxels_class<k>``). With
     `ignore_empty`, volumes whose label is empty are left out, and per class the volumes
     whose label lacks that class."""
-
-    def stat(f, a):
-        return float(f(np.asarray(a, np.float64))) if len(a) else float("nan")
-
     scored = scored_volumes(rows, ignore_empty=ignore_empty)
     d, dl = [r["dice"] for r in scored], [r["dice_lcc"] for r in scored]
     out: dict[str, Any] = {
         "num_volumes_scored": len(scored),
-        "dice_per_volume_mean": stat(np.mean, d), "dice_per_volume_median": stat(np.median, d),
-        "dice_per_volume_lcc_mean": stat(np.mean, dl), "dice_per_volume_lcc_median": stat(np.median, dl)}
+        "dice_per_volume_mean": _stat(np.mean, d), "dice_per_volume_median": _stat(np.median, d),
+        "dice_per_volume_lcc_mean": _stat(np.mean, dl), "dice_per_volume_lcc_median": _stat(np.median, dl)}
     classes = sorted({c.removeprefix("dice_class") for r in rows for c in r if c.startswith("dice_class")}, key=int)
     for k in classes:
         has = [r for r in rows if f"dice_class{k}" in r
                and not (ignore_empty and r.get(f"label_voxels_class{k}", 1) == 0)]
         dk, dlk = [r[f"dice_class{k}"] for r in has], [r[f"dice_lcc_class{k}"] for r in has]
-        out[f"dice_class{k}_per_volume_mean"] = stat(np.mean, dk)
-        out[f"dice_class{k}_per_volume_median"] = stat(np.median, dk)
-        out[f"dice_class{k}_per_volume_lcc_mean"] = stat(np.mean, dlk)
+        out[f"dice_class{k}_per_volume_mean"] = _stat(np.mean, dk)
+        out[f"dice_class{k}_per_volume_median"] = _stat(np.median, dk)
+        out[f"dice_class{k}_per_volume_lcc_mean"] = _stat(np.mean, dlk)
     return out
 
 
@@ -353,13 +354,10 @@ class VolumeReporter:
         s_all = np.asarray([r["dice"] for r in self.slice_rows], np.float64)
         s_fg = np.asarray([r["dice"] for r in self.slice_rows if not r["label_empty"]], np.float64)
 
-        def stat(f, a):
-            return float(f(a)) if a.size else float("nan")
-
         out: dict[str, Any] = {
             "num_volumes": len(rows), **{k: v for k, v in figures.items() if "class" not in k},
-            "dice_per_slice_mean": stat(np.mean, s_all),
-            "dice_per_slice_mean_nonempty_label": stat(np.mean, s_fg),
+            "dice_per_slice_mean": _stat(np.mean, s_all),
+            "dice_per_slice_mean_nonempty_label": _stat(np.mean, s_fg),
             "num_slices": int(s_all.size), "num_slices_nonempty_label": int(s_fg.size),
             "slice_convention": SLICE_CONVENTION,
             "volume_convention": "every voxel of a volume pooled; " + (
