@@ -75,6 +75,21 @@ def test_unequal_folds_are_not_averaged_as_fold_means_and_empty_labels_follow_ig
     assert kept["num_volumes_scored"] == 6 and kept["dice_per_volume_mean"] == pytest.approx(3.4 / 6)
 
 
+def test_per_class_figures_leave_out_the_volumes_without_the_class():
+    dice2, lcc2, voxels2 = [0.5, 0.9, 0.1, 0.7], [0.6, 0.8, 0.0, 0.3], [50, 10, 0, 7]
+    rows = [{**r, "dice_class1": 1.0, "dice_lcc_class1": 1.0, "label_voxels_class1": 9,
+             "dice_class2": d, "dice_lcc_class2": dl, "label_voxels_class2": v}
+            for r, d, dl, v in zip(_rows([0.5] * 4), dice2, lcc2, voxels2)]
+    s = summarize([FoldRun("a", rows[:1]), FoldRun("b", rows[1:])])
+    has = np.asarray(voxels2) > 0  # the third volume has no class 2
+    assert s["dice_class2_per_volume_mean"] == pytest.approx(np.mean(np.asarray(dice2)[has]), rel=RTOL)
+    assert s["dice_class2_per_volume_median"] == pytest.approx(np.median(np.asarray(dice2)[has]), rel=RTOL)
+    assert s["dice_class2_per_volume_lcc_mean"] == pytest.approx(np.mean(np.asarray(lcc2)[has]), rel=RTOL)
+    assert s["dice_class2_per_volume_lcc_median"] == pytest.approx(np.median(np.asarray(lcc2)[has]), rel=RTOL)
+    assert summarize([FoldRun("a", rows)], ignore_empty=False)["dice_class2_per_volume_lcc_median"] == \
+        pytest.approx(np.median(lcc2), rel=RTOL)
+
+
 def _reporter_volumes(rng, num_classes, cases):
     """(case, pred, label) volumes of 3 slices; one case with an empty label, one without class 2."""
     out = []

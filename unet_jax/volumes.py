@@ -225,6 +225,7 @@ def per_volume_figures(rows: list[dict[str, Any]], *, ignore_empty: bool = True)
         out[f"dice_class{k}_per_volume_mean"] = _stat(np.mean, dk)
         out[f"dice_class{k}_per_volume_median"] = _stat(np.median, dk)
         out[f"dice_class{k}_per_volume_lcc_mean"] = _stat(np.mean, dlk)
+        out[f"dice_class{k}_per_volume_lcc_median"] = _stat(np.median, dlk)
     return out
 
 
