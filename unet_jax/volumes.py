@@ -211,21 +211,19 @@ def per_volume_figures(rows: list[dict[str, Any]], *, ignore_empty: bool = True)
     ``dice_class<k>``, ``dice_lcc_class<k>``, ``label_voxels_class<k>``). With
     `ignore_empty`, volumes whose label is empty are left out, and per class the volumes
     whose label lacks that class."""
+    def figures(name: str, lcc_name: str, kept: list[dict[str, Any]]) -> dict[str, float]:
+        d, dl = [r[name] for r in kept], [r[lcc_name] for r in kept]
+        return {f"{name}_per_volume_mean": _stat(np.mean, d), f"{name}_per_volume_median": _stat(np.median, d),
+                f"{name}_per_volume_lcc_mean": _stat(np.mean, dl),
+                f"{name}_per_volume_lcc_median": _stat(np.median, dl)}
+
     scored = scored_volumes(rows, ignore_empty=ignore_empty)
-    d, dl = [r["dice"] for r in scored], [r["dice_lcc"] for r in scored]
-    out: dict[str, Any] = {
-        "num_volumes_scored": len(scored),
-        "dice_per_volume_mean": _stat(np.mean, d), "dice_per_volume_median": _stat(np.median, d),
-        "dice_per_volume_lcc_mean": _stat(np.mean, dl), "dice_per_volume_lcc_median": _stat(np.median, dl)}
+    out: dict[str, Any] = {"num_volumes_scored": len(scored), **figures("dice", "dice_lcc", scored)}
     classes = sorted({c.removeprefix("dice_class") for r in rows for c in r if c.startswith("dice_class")}, key=int)
     for k in classes:
         has = [r for r in rows if f"dice_class{k}" in r
                and not (ignore_empty and r.get(f"label_voxels_class{k}", 1) == 0)]
-        dk, dlk = [r[f"dice_class{k}"] for r in has], [r[f"dice_lcc_class{k}"] for r in has]
-        out[f"dice_class{k}_per_volume_mean"] = _stat(np.mean, dk)
-        out[f"dice_class{k}_per_volume_median"] = _stat(np.median, dk)
-        out[f"dice_class{k}_per_volume_lcc_mean"] = _stat(np.mean, dlk)
-        out[f"dice_class{k}_per_volume_lcc_median"] = _stat(np.median, dlk)
+        out.update(figures(f"dice_class{k}", f"dice_lcc_class{k}", has))
     return out
 
 
