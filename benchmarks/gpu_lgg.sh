@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Issue 8's full LGG recipe (32 features, 256x256, per-image Dice loss, --uniform-share 0.5 as on the CPU) on one GPU: two device
-# calls on one warm machine, since the 50 patients (66 MB as lossless WebP) and the wheels
-# exceed the 64 MiB a call carries. A whole session's device time (about 13 of its 15 minutes).
+# Issue 8's full LGG recipe (32 features, 256x256, per-image Dice loss, --uniform-share 0.5 as on
+# the CPU) on one GPU: two device calls on one warm machine, since the 50 patients (66 MB as
+# lossless WebP) and the wheels exceed the 64 MiB a call carries. On an H200 (2026-11-27) call
+# 1 ran 74 s and call 2 303 s (10000 steps): about 7 of a session's 15 minutes of device time,
+# the machine's start included (benchmarks/results/gpu_lgg-nvidia_h200-2026-11-27.log).
 #
 # Prepare here (git-ignored outputs):
 #     bash benchmarks/prepare_gpu_carry.sh          # wheels, in gpu_carry/wheels
