@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate this finished run on every patient of --data-dir (no training); results go "
                         "to --workdir")
     g.add_argument("--which", choices=["best", "final"], default="best", help="with --evaluate: which checkpoint")
+    g.add_argument("--tta", choices=["none", "hflip"], default="none",
+                   help="with --evaluate: test-time augmentation, the mean of each slice's and its horizontal "
+                        "flip's probabilities (training flips horizontally only)")
     cli.add_training_args(p)
     # The CPU recipe's training defaults (the reference trains 100 epochs at batch 16).
     # Best checkpoint by the validation patients' mean Dice: the figure reported on test patients.
@@ -127,11 +130,14 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None, workdir: str | Path | None, *, which: str = "best",
-                 overwrite: bool = False, progress: bool = True, head_mask: bool | None = None) -> dict[str, Any]:
+                 overwrite: bool = False, progress: bool = True, head_mask: bool | None = None,
+                 tta: bool = False) -> dict[str, Any]:
     """A trained LGG run evaluated on every patient of `data_dir`; results in a new `workdir`
-    (`head_mask`: None keeps the run's setting; runs from before the option had it off)."""
+    (`head_mask`: None keeps the run's setting; runs from before the option had it off;
+    `tta`: each slice's probabilities averaged with its horizontal flip's)."""
     from unet_jax.data.lgg import resolve_lgg_dir
     from unet_jax.evaluation import evaluate
+    from unet_jax.inference import flip_tta
     from unet_jax.predictor import PredictorError, load_run_state
     from unet_jax.training.loop import make_predict_fn
     from unet_jax.workdir import atomic_write_csv, atomic_write_json, prepare_workdir
@@ -152,14 +158,17 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None, workdir: str | Path 
     workdir = Path(workdir or f"runs/lgg-eval-{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     prepare_workdir(workdir, overwrite=overwrite)
     reporter = dataset.test_reporter(workdir, ignore_empty=cfg.train.ignore_empty)
-    ev = evaluate(make_predict_fn(state), dataset.test(), dataset.preprocess, num_classes=dataset.num_classes,
+    predict_fn = make_predict_fn(state)
+    ev = evaluate(flip_tta(predict_fn, vertical=False) if tta else predict_fn, dataset.test(), dataset.preprocess,
+                  num_classes=dataset.num_classes,
                   threshold=cfg.train.threshold, ignore_empty=cfg.train.ignore_empty, restore=dataset.restore_probs,
                   on_image=lambda ex, probs, pred: reporter.add(ex, probs, pred), progress=progress, desc="evaluate")
     volumes = reporter.finish()
     atomic_write_csv(workdir / "per_image.csv", ev.per_image)
     atomic_write_csv(workdir / "per_case.csv", ev.per_case)
     results = {"dataset": "lgg", "evaluated_run": str(run_dir.resolve()), "checkpoint": which,
-               "step": int(state.step), "data": dataset.describe(), "arch": cfg.model.arch, "test": ev.summary,
+               "step": int(state.step), "tta": "hflip" if tta else "none", "data": dataset.describe(),
+               "arch": cfg.model.arch, "test": ev.summary,
                "volumes": volumes, "volumes_per_patient": reporter.per_volume_rows(),
                "total_wall_s": time.perf_counter() - t0,
                "note": "every patient of the folder evaluated with the run's preprocessing; figures on the stored "
@@ -183,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         evaluate_run(args.evaluate, args.data_dir, args.workdir, which=args.which, overwrite=args.overwrite,
-                     progress=args.progress, head_mask=args.head_mask)
+                     progress=args.progress, head_mask=args.head_mask, tta=args.tta == "hflip")
     except (DataError, WorkdirError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

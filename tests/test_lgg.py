@@ -513,6 +513,12 @@ def test_few_step_run_on_three_patients_writes_results_dsc_and_gifs(tmp_path):
     assert [r["case"] for r in ev["volumes_per_patient"]] == split["test"]
     for key in ("dice", "dice_per_case_mean", "sensitivity", "num_images"):
         assert ev["test"][key] == pytest.approx(results["test"][key], abs=1e-6)
+    assert ev["tta"] == "none"
+    # With flip TTA: recorded, and the same patient's slices evaluated.
+    assert brain_mri.main(["--evaluate", str(run), "--data-dir", str(other), "--workdir", str(tmp_path / "eval_tta"),
+                           "--which", "final", "--tta", "hflip", "--no-progress"]) == 0
+    ev_tta = json.loads((tmp_path / "eval_tta" / "results.json").read_text())
+    assert ev_tta["tta"] == "hflip" and ev_tta["test"]["num_images"] == ev["test"]["num_images"]
     # The run folder and the evaluation folder as crossval reads them: the run's own figure;
     # refused together, since both tested the same patient.
     from unet_jax import crossval

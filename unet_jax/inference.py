@@ -117,15 +117,20 @@ def sliding_window_inference(
     return (total / jnp.asarray(norm)[:, :, None])[:h, :w]
 
 
-def flip_tta(predict_fn: PredictFn, *, transpose: bool = False) -> PredictFn:
+def flip_tta(predict_fn: PredictFn, *, transpose: bool = False, vertical: bool = True) -> PredictFn:
     """``predict_fn`` averaged over the 4 flips of H and W (8 with the transposes), each
-    prediction flipped back. Transposes need square inputs."""
+    prediction flipped back. Transposes need square inputs. ``vertical=False`` averages the
+    input and its horizontal (W) flip only, for images with an up and a down (axial brain
+    slices), whose models were trained with horizontal flips alone."""
+    if transpose and not vertical:
+        raise ValueError("flip_tta: transposes mix the vertical axis in; use vertical=True with transpose=True")
+    flips = ((), (1,), (2,), (1, 2)) if vertical else ((), (2,))
 
     def predict(x: jax.Array) -> jax.Array:
         outs = []
         for t in (False, True) if transpose else (False,):
             xt = jnp.swapaxes(x, 1, 2) if t else x
-            for axes in ((), (1,), (2,), (1, 2)):
+            for axes in flips:
                 y = predict_fn(jnp.flip(xt, axes) if axes else xt)
                 y = jnp.flip(y, axes) if axes else y
                 outs.append(jnp.swapaxes(y, 1, 2) if t else y)
