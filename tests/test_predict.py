@@ -38,6 +38,12 @@ def test_final_predictor_reproduces_the_runs_test_predictions(run_dir):
     inside = example.valid > 0
     # the PNG holds round(255 p): the same probabilities agree to one grey level
     assert np.abs(to_uint8(probs)[inside].astype(int) - saved[inside]).max() <= 1
+    # Horizontal-flip TTA: the mean of the model's probabilities on the input and on its
+    # mirror image, mirrored back (float32 sums of two values in [0, 1]: 1e-6 holds anywhere).
+    x = predictor.preprocess(example.image)
+    expected = (predictor.model_probs(x) + predictor.model_probs(x[:, ::-1])[:, ::-1]) / 2
+    assert np.abs(expected - predictor.model_probs(x)).max() > 1e-4  # the model alone is not mirror-symmetric
+    np.testing.assert_allclose(predictor.model_probs(x, tta="hflip"), expected, rtol=0, atol=1e-6)
 
 
 def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):

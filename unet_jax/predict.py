@@ -2,7 +2,7 @@
 
     python -m unet_jax.predict --run runs/drive-unet-... images/ more.png --output preds/
     python -m unet_jax.predict --run RUN DRIVE/test/images --labels DRIVE/test/1st_manual \\
-        --fov-masks DRIVE/test/mask --tta --output preds/       # also per_image.csv + summary.json
+        --fov-masks DRIVE/test/mask --tta flip --output preds/       # also per_image.csv + summary.json
 
 For every input image (files, or every image in a folder; PNG, JPEG, TIFF, BMP, GIF, PPM)
 writes ``<stem>_prob.png`` (foreground probability x 255), ``<stem>_pred.png`` (mask: 0/255,
@@ -144,8 +144,9 @@ def predict_files(args: argparse.Namespace) -> dict:
 def add_inference_args(p: argparse.ArgumentParser) -> None:
     """The predictor's options as flags (this command's and the app's): --tta, --window,
     --overlap, --blend, --scale."""
-    p.add_argument("--tta", choices=["none", "flip", "flip8"], default="none",
-                   help="test-time augmentation: mean over the 4 flips, or flips and transposes")
+    p.add_argument("--tta", choices=["none", "flip", "flip8", "hflip"], default="none",
+                   help="test-time augmentation: mean over the 4 flips, flips and transposes, or the image and "
+                        "its horizontal flip (hflip: for images with an up and a down, e.g. brain MRI slices)")
     p.add_argument("--window", type=int, default=None, help="sliding-window side (default: whole image, "
                                                             "windows of 512 above 2048x2048 pixels)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap")
@@ -157,8 +158,8 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
 def inference_options(args: argparse.Namespace) -> dict:
     """The predictor's keyword options (TTA, sliding window; not --scale, which volume runs
     refuse) from the flags of :func:`add_inference_args`."""
-    return dict(tta={"none": False, "flip": True, "flip8": 8}[args.tta], window=args.window, overlap=args.overlap,
-                blend=args.blend)
+    return dict(tta={"none": False, "flip": True, "flip8": 8, "hflip": "hflip"}[args.tta], window=args.window,
+                overlap=args.overlap, blend=args.blend)
 
 
 def predict_volumes(args: argparse.Namespace, predictor) -> dict:

@@ -77,14 +77,15 @@ class Predictor:
         """The model's float32 (H', W', C) input, exactly as in training."""
         return preprocess_image(image, **dataclasses.asdict(self.cfg.data.preprocess))
 
-    def __call__(self, image: np.ndarray, *, tta: Literal[False, True, 8] = False, window: int | None = None,
+    def __call__(self, image: np.ndarray, *, tta: Literal[False, True, 8, "hflip"] = False, window: int | None = None,
                  overlap: float = 0.5, blend: Literal["gaussian", "constant"] = "gaussian",
                  scale: float = 1.0) -> np.ndarray:
         """Probabilities at the image's own size: (H, W) (binary) or (H, W, classes).
 
         Args:
           image: as read from disk (uint8/uint16, gray, RGB or RGBA).
-          tta: average over the 4 flips (True) or flips and transposes (8).
+          tta: average over the 4 flips (True), flips and transposes (8), or the image and
+            its horizontal flip ("hflip": images with an up and a down, such as axial slices).
           window: predict in windows of this side (sliding window); None: the whole image,
             or windows of 512 when it has more than 2048 x 2048 pixels.
           overlap, blend: of the sliding window.
@@ -104,7 +105,8 @@ class Predictor:
             window = AUTO_WINDOW
         return resize_probs(self.model_probs(x, tta=tta, window=window, overlap=overlap, blend=blend), (h, w))
 
-    def model_probs(self, x: np.ndarray, *, tta: Literal[False, True, 8] = False, window: int | None = None,
+    def model_probs(self, x: np.ndarray, *, tta: Literal[False, True, 8, "hflip"] = False,
+                    window: int | None = None,
                     overlap: float = 0.5, blend: Literal["gaussian", "constant"] = "gaussian") -> np.ndarray:
         """Probabilities of a preprocessed float32 (H, W, C) input on its own grid: (H, W)
         (binary) or (H, W, classes). Options as in :meth:`__call__`."""
@@ -118,7 +120,7 @@ class Predictor:
             return p[..., None] if p.ndim == 3 else p
 
         if tta:
-            probs = flip_tta(probs, transpose=tta == 8)
+            probs = flip_tta(probs, transpose=tta == 8, vertical=tta != "hflip")
         if window is None:
             return jax.jit(lambda x: probs(x[None])[0])
         return jax.jit(lambda x: sliding_window_inference(probs, x, window, overlap=overlap, blend=blend))
