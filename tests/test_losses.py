@@ -361,6 +361,21 @@ def test_finite_gradients_including_empty_mask_and_labels(name, c):
                 assert np.all(np.asarray(grad) == 0)
 
 
+@given(logit=st.floats(-4.0, 4.0), smooth=st.sampled_from([0.1, 1.0]))
+@settings(max_examples=20, deadline=None)
+def test_per_image_dice_on_an_empty_image_has_the_documented_fading_gradient(logit, smooth):
+    """The docstring's formula: on an empty target, loss S / (S + smooth) with S the sum of
+    the probabilities, d loss / d z = sigmoid'(z) smooth / (S + smooth)^2 (float64 numpy).
+    Tolerances: a few float32 roundings; 1 - p at |z| <= 4 cancels at most 55x (1e-4)."""
+    x = np.full((1, 4, 4, 1), logit, np.float32)
+    val, grad = jax.value_and_grad(losses.dice_loss)(x, np.zeros((1, 4, 4), np.int32), smooth=smooth,
+                                                     per_image=True)
+    p = 1.0 / (1.0 + np.exp(-np.float64(np.float32(logit))))
+    total = 16 * p
+    np.testing.assert_allclose(float(val), total / (total + smooth), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad, np.float64), p * (1 - p) * smooth / (total + smooth) ** 2, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", sorted(losses.LOSSES))
 def test_jit_and_vmap(name):
     rng = np.random.default_rng(3)

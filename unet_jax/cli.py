@@ -45,7 +45,8 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loss", choices=sorted(losses.LOSSES), default=t.loss)
     g.add_argument("--loss-per-image", action="store_true",
                    help="the loss's overlap term (Dice, IoU, Tversky) per image, then averaged, instead of pooled "
-                        "over the batch (small lesions weigh as much as large ones)")
+                        "over the batch (small lesions weigh as much as large ones); keep a BCE term (bce_dice) where "
+                        "images can be empty: per image, Dice alone hardly penalises false positives on them")
     g.add_argument("--seed", type=int, default=t.seed)
     g.add_argument("--eval-every", type=int, default=t.eval_every)
     g.add_argument("--log-every", type=int, default=t.log_every)

@@ -274,7 +274,9 @@ def dice_loss(
     and the Dice scores are averaged over images and classes. For binary logits the only
     class is the foreground; for ``C > 1``, ``include_background=False`` drops class 0
     from the average. An empty prediction on an empty target scores Dice 1 (loss 0),
-    also when ``smooth == 0``.
+    also when ``smooth == 0``. Per image, a prediction summing to ``S`` on an empty target
+    costs ``S / (S + smooth)``, whose gradient ``smooth / (S + smooth)**2`` fades as ``S``
+    grows: where images can be empty, pair it with BCE (:func:`bce_dice_loss`).
 
     Returns:
       Scalar float32 in ``[0, 1]``.
