@@ -28,6 +28,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from unet_jax import cli, data
@@ -81,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the preprocessed training slices in memory if they fit, else read them per step")
     cli.add_augment_args(g)
     g = p.add_argument_group("evaluation of a trained run")
-    g.add_argument("--evaluate", metavar="RUN_DIR", default=None,
+    g.add_argument("--evaluate", metavar="RUN_DIR", nargs="+", default=None,
                    help="evaluate this finished run on every patient of --data-dir (no training); results go "
-                        "to --workdir")
+                        "to --workdir. Several runs: their ensemble (the mean of their probabilities)")
     g.add_argument("--which", choices=["best", "final"], default="best", help="with --evaluate: which checkpoint")
     g.add_argument("--tta", choices=["none", "hflip"], default="none",
                    help="with --evaluate: test-time augmentation, the mean of each slice's and its horizontal "
@@ -129,52 +130,82 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
     return cfg, dataset
 
 
-def evaluate_run(run_dir: str | Path, data_dir: str | None, workdir: str | Path | None, *, which: str = "best",
-                 overwrite: bool = False, progress: bool = True, head_mask: bool | None = None,
+# What a model's input depends on, with the value of runs made before the option existed:
+# runs evaluated together must agree on these.
+INPUT_OPTIONS = {"crop": True, "rescale": True, "standardize": True, "head_mask": False, "context": 0}
+
+
+def _input_signature(cfg: RunConfig) -> dict[str, Any]:
+    return {"preprocess": cfg.data.preprocess, **{k: cfg.data.options.get(k, v) for k, v in INPUT_OPTIONS.items()},
+            "threshold": cfg.train.threshold, "ignore_empty": cfg.train.ignore_empty}
+
+
+def evaluate_run(run_dirs: str | Path | Sequence[str | Path], data_dir: str | None, workdir: str | Path | None, *,
+                 which: str = "best", overwrite: bool = False, progress: bool = True, head_mask: bool | None = None,
                  tta: bool = False) -> dict[str, Any]:
-    """A trained LGG run evaluated on every patient of `data_dir`; results in a new `workdir`
-    (`head_mask`: None keeps the run's setting; runs from before the option had it off;
-    `tta`: each slice's probabilities averaged with its horizontal flip's)."""
+    """Trained LGG run(s) evaluated on every patient of `data_dir`; results in a new `workdir`.
+
+    Several runs are an ensemble: each slice's probabilities are the mean of the runs'
+    (they must share the input preprocessing, threshold and empty-case convention).
+    `head_mask`: None keeps the runs' setting (runs from before the option had it off);
+    `tta`: each model's probabilities averaged with those of the slice's horizontal flip."""
     from unet_jax.data.lgg import resolve_lgg_dir
     from unet_jax.evaluation import evaluate
-    from unet_jax.inference import flip_tta
+    from unet_jax.inference import flip_tta, mean_ensemble
     from unet_jax.predictor import PredictorError, load_run_state
     from unet_jax.training.loop import make_predict_fn
     from unet_jax.workdir import atomic_write_csv, atomic_write_json, prepare_workdir
 
     t0 = time.perf_counter()
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise PredictorError(f"{run_dir / 'config.json'} is missing: --evaluate needs the --workdir of a training run")
-    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    if cfg.data.dataset != "lgg":
-        raise PredictorError(f"{run_dir} was trained on {cfg.data.dataset!r}, not on LGG")
+    run_dirs = [Path(r) for r in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
+    if not run_dirs:
+        raise PredictorError("--evaluate needs at least one run folder")
+    cfgs = []
+    for run_dir in run_dirs:
+        if not (run_dir / "config.json").is_file():
+            raise PredictorError(f"{run_dir / 'config.json'} is missing: --evaluate needs the --workdir of a "
+                                 "training run")
+        cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        if cfg.data.dataset != "lgg":
+            raise PredictorError(f"{run_dir} was trained on {cfg.data.dataset!r}, not on LGG")
+        cfgs.append(cfg)
+    first = _input_signature(cfgs[0])
+    for run_dir, cfg in zip(run_dirs[1:], cfgs[1:]):
+        differ = sorted(k for k, v in _input_signature(cfg).items()
+                        if v != first[k] and not (k == "head_mask" and head_mask is not None))
+        if differ:
+            raise PredictorError(f"{run_dir} and {run_dirs[0]} differ in {', '.join(differ)}: an ensemble needs "
+                                 "runs trained on the same input (image size, context, preprocessing)")
+    cfg = cfgs[0]
     options = {**cfg.data.options, "root": str(resolve_lgg_dir(data_dir)), "split": "all", "folds": None,
                "fold": None, "patients": None}
     if head_mask is not None:
         options["head_mask"] = head_mask
     dataset = data.get("lgg", preprocess=cfg.data.preprocess, progress=progress, **options)
-    state = load_run_state(run_dir, which=which)[2]
-    workdir = Path(workdir or f"runs/lgg-eval-{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    states = [load_run_state(r, which=which)[2] for r in run_dirs]
+    workdir = Path(workdir or f"runs/lgg-eval-{run_dirs[0].name}-{time.strftime('%Y%m%d-%H%M%S')}")
     prepare_workdir(workdir, overwrite=overwrite)
     reporter = dataset.test_reporter(workdir, ignore_empty=cfg.train.ignore_empty)
-    predict_fn = make_predict_fn(state)
-    ev = evaluate(flip_tta(predict_fn, vertical=False) if tta else predict_fn, dataset.test(), dataset.preprocess,
-                  num_classes=dataset.num_classes,
+    fns = [make_predict_fn(s) for s in states]
+    predict_fn = mean_ensemble([flip_tta(f, vertical=False) for f in fns] if tta else fns)
+    ev = evaluate(predict_fn, dataset.test(), dataset.preprocess, num_classes=dataset.num_classes,
                   threshold=cfg.train.threshold, ignore_empty=cfg.train.ignore_empty, restore=dataset.restore_probs,
                   on_image=lambda ex, probs, pred: reporter.add(ex, probs, pred), progress=progress, desc="evaluate")
     volumes = reporter.finish()
     atomic_write_csv(workdir / "per_image.csv", ev.per_image)
     atomic_write_csv(workdir / "per_case.csv", ev.per_case)
-    results = {"dataset": "lgg", "evaluated_run": str(run_dir.resolve()), "checkpoint": which,
-               "step": int(state.step), "tta": "hflip" if tta else "none", "data": dataset.describe(),
-               "arch": cfg.model.arch, "test": ev.summary,
+    results = {"dataset": "lgg", "evaluated_run": str(run_dirs[0].resolve()),
+               "evaluated_runs": [str(r.resolve()) for r in run_dirs], "ensemble": "mean" if len(run_dirs) > 1
+               else "none", "checkpoint": which, "step": int(states[0].step), "steps": [int(s.step) for s in states],
+               "tta": "hflip" if tta else "none", "data": dataset.describe(), "arch": cfg.model.arch,
+               "archs": [c.model.arch for c in cfgs], "test": ev.summary,
                "volumes": volumes, "volumes_per_patient": reporter.per_volume_rows(),
                "total_wall_s": time.perf_counter() - t0,
                "note": "every patient of the folder evaluated with the run's preprocessing; figures on the stored "
                        "256x256 masks"}
     atomic_write_json(workdir / "results.json", results)
-    print(f"{len(dataset.test())} slices of {volumes['num_volumes']} patients: per-patient Dice mean "
+    what = f"an ensemble of {len(run_dirs)} runs" if len(run_dirs) > 1 else "the run"
+    print(f"{what}, {len(dataset.test())} slices of {volumes['num_volumes']} patients: per-patient Dice mean "
           f"{volumes['dice_per_volume_mean']:.4f} median {volumes['dice_per_volume_median']:.4f} "
           f"(after LCC {volumes['dice_per_volume_lcc_mean']:.4f} / {volumes['dice_per_volume_lcc_median']:.4f}); "
           f"results in {workdir}/results.json", flush=True)

@@ -1,4 +1,4 @@
-"""Sliding-window inference and flip TTA against whole-image prediction and numpy references.
+"""Sliding-window inference, flip TTA and ensembles against whole-image prediction and numpy references.
 
 Tolerances: the blended result is a weighted mean of float32 window predictions divided by
 the float32 sum of the weights; with at most a few windows per pixel that is a handful of
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unet_jax import models
-from unet_jax.inference import flip_tta, gaussian_importance, sliding_window_inference, window_starts
+from unet_jax.inference import flip_tta, gaussian_importance, mean_ensemble, sliding_window_inference, window_starts
 from unet_jax.training.state import init_variables
 
 ATOL = 1e-6
@@ -106,3 +106,22 @@ def test_flip_tta_of_a_unet_is_flip_invariant():
     np.testing.assert_allclose(hflip(x[:, :, ::-1])[:, :, ::-1], hflip(x), rtol=0, atol=ATOL)
     with pytest.raises(ValueError, match="vertical=True with transpose=True"):
         flip_tta(predict, transpose=True, vertical=False)
+
+
+def test_mean_ensemble_is_the_mean_of_the_models_probabilities():
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 5, 6, 3)), jnp.float32)
+    weights = [np.random.default_rng(k).normal(size=(3, 2)).astype(np.float32) for k in range(3)]
+    fns = [lambda b, w=w: jax.nn.softmax(b @ jnp.asarray(w), axis=-1) for w in weights]
+    outs = [np.asarray(f(x), np.float64) for f in fns]
+    assert np.abs(outs[0] - outs[1]).max() > 1e-2  # the models disagree, so the mean is not any one of them
+    # Stack and mean of 3 float32 values in [0, 1]: a few roundings, under ATOL.
+    np.testing.assert_allclose(mean_ensemble(fns)(x), np.mean(outs, axis=0), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(mean_ensemble(fns[:2])(x), (outs[0] + outs[1]) / 2, rtol=0, atol=ATOL)
+    assert mean_ensemble(fns[:1]) is fns[0]
+    with pytest.raises(ValueError, match="at least one"):
+        mean_ensemble([])
+    # Under jit, and composed with TTA: the mean of each model's flip-averaged prediction.
+    both = jax.jit(mean_ensemble([flip_tta(f, vertical=False) for f in fns[:2]]))
+    expected = np.mean([(o + np.asarray(f(x[:, :, ::-1]), np.float64)[:, :, ::-1]) / 2
+                        for o, f in zip(outs[:2], fns[:2])], axis=0)
+    np.testing.assert_allclose(both(x), expected, rtol=0, atol=ATOL)

@@ -23,6 +23,7 @@ from unet_jax.data import DataError, Example, InMemorySource
 from unet_jax.data.imageio import read_mask
 from unet_jax.data.lgg import LggDataset, fold_patients, list_patients, make_patient_split
 from unet_jax.data.pipeline import PatchSampler
+from unet_jax.predictor import PredictorError
 from unet_jax.training.run import split_train_val
 from unet_jax.volumes import VolumeReporter, keep_largest, largest_component, slice_dice, volume_dice
 
@@ -519,6 +520,21 @@ def test_few_step_run_on_three_patients_writes_results_dsc_and_gifs(tmp_path):
                            "--which", "final", "--tta", "hflip", "--no-progress"]) == 0
     ev_tta = json.loads((tmp_path / "eval_tta" / "results.json").read_text())
     assert ev_tta["tta"] == "hflip" and ev_tta["test"]["num_images"] == ev["test"]["num_images"]
+    # An ensemble of the run with itself: the mean of equal probabilities is each of them,
+    # so the figures are the run's own, exactly.
+    assert brain_mri.main(["--evaluate", str(run), str(run), "--data-dir", str(other), "--workdir",
+                           str(tmp_path / "eval_ens"), "--which", "final", "--no-progress"]) == 0
+    ev_ens = json.loads((tmp_path / "eval_ens" / "results.json").read_text())
+    assert ev_ens["ensemble"] == "mean" and len(ev_ens["evaluated_runs"]) == 2
+    assert ev_ens["volumes_per_patient"] == ev["volumes_per_patient"] and ev_ens["test"] == ev["test"]
+    # A run trained on another input (here: another image size) is refused, naming both runs.
+    other_run = tmp_path / "other_run"
+    other_run.mkdir()
+    cfg["data"]["preprocess"]["image_size"] = 64
+    (other_run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PredictorError, match=f"{other_run} and {run} differ in preprocess"):
+        brain_mri.evaluate_run([run, other_run], str(other), tmp_path / "eval_bad", progress=False)
+    assert not (tmp_path / "eval_bad").exists()
     # The run folder and the evaluation folder as crossval reads them: the run's own figure;
     # refused together, since both tested the same patient.
     from unet_jax import crossval

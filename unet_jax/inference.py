@@ -1,4 +1,4 @@
-"""Whole-image and sliding-window prediction, and flip test-time augmentation.
+"""Whole-image and sliding-window prediction, flip test-time augmentation and model ensembles.
 
 Every function here takes a ``predict_fn`` mapping a float32 batch ``(B, h, w, C)`` to
 per-pixel probabilities ``(B, h, w, K)`` (K = 1 for a binary task) and returns
@@ -15,14 +15,14 @@ the window is zero-padded to it and cropped back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["flip_tta", "gaussian_importance", "sliding_window_inference", "window_starts"]
+__all__ = ["flip_tta", "gaussian_importance", "mean_ensemble", "sliding_window_inference", "window_starts"]
 
 PredictFn = Callable[[jax.Array], jax.Array]
 
@@ -135,5 +135,21 @@ def flip_tta(predict_fn: PredictFn, *, transpose: bool = False, vertical: bool =
                 y = jnp.flip(y, axes) if axes else y
                 outs.append(jnp.swapaxes(y, 1, 2) if t else y)
         return jnp.mean(jnp.stack(outs), axis=0)
+
+    return predict
+
+
+def mean_ensemble(predict_fns: Sequence[PredictFn]) -> PredictFn:
+    """The mean of several models' probabilities (MONAI's ``MeanEnsemble``): models trained
+    apart (seeds, folds' recipes) err apart, so their mean is steadier than any one of
+    them. The models must take the same input; their outputs must have the same shape."""
+    fns = tuple(predict_fns)
+    if not fns:
+        raise ValueError("mean_ensemble: give at least one predict function")
+    if len(fns) == 1:
+        return fns[0]
+
+    def predict(x: jax.Array) -> jax.Array:
+        return jnp.mean(jnp.stack([jnp.asarray(f(x), jnp.float32) for f in fns]), axis=0)
 
     return predict
