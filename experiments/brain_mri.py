@@ -27,8 +27,8 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from unet_jax import cli, data

@@ -141,8 +141,8 @@ def flip_tta(predict_fn: PredictFn, *, transpose: bool = False, vertical: bool =
 
 def mean_ensemble(predict_fns: Sequence[PredictFn]) -> PredictFn:
     """The mean of several models' probabilities (MONAI's ``MeanEnsemble``): models trained
-    apart (seeds, folds' recipes) err apart, so their mean is steadier than any one of
-    them. The models must take the same input; their outputs must have the same shape."""
+    apart (other seeds or recipes) err partly apart, which the mean can even out. The
+    models must take the same input; their outputs must have the same shape."""
     fns = tuple(predict_fns)
     if not fns:
         raise ValueError("mean_ensemble: give at least one predict function")
