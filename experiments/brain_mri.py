@@ -135,12 +135,16 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
 INPUT_OPTIONS = {"crop": True, "rescale": True, "standardize": True, "head_mask": False, "context": 0}
 
 
-def _input_signature(cfg: RunConfig) -> dict[str, Any]:
-    return {"preprocess": cfg.data.preprocess, **{k: cfg.data.options.get(k, v) for k, v in INPUT_OPTIONS.items()},
-            "threshold": cfg.train.threshold, "ignore_empty": cfg.train.ignore_empty}
+def _input_signature(cfg: RunConfig, head_mask: bool | None) -> dict[str, Any]:
+    """What the run's model is fed at evaluation (`head_mask`: the override, if any)."""
+    options = {k: cfg.data.options.get(k, v) for k, v in INPUT_OPTIONS.items()}
+    if head_mask is not None:
+        options["head_mask"] = head_mask
+    return {"preprocess": cfg.data.preprocess, **options, "threshold": cfg.train.threshold,
+            "ignore_empty": cfg.train.ignore_empty}
 
 
-def evaluate_run(run_dirs: str | Path | Sequence[str | Path], data_dir: str | None, workdir: str | Path | None, *,
+def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: str | Path | None, *,
                  which: str = "best", overwrite: bool = False, progress: bool = True, head_mask: bool | None = None,
                  tta: bool = False) -> dict[str, Any]:
     """Trained LGG run(s) evaluated on every patient of `data_dir`; results in a new `workdir`.
@@ -157,7 +161,7 @@ def evaluate_run(run_dirs: str | Path | Sequence[str | Path], data_dir: str | No
     from unet_jax.workdir import atomic_write_csv, atomic_write_json, prepare_workdir
 
     t0 = time.perf_counter()
-    run_dirs = [Path(r) for r in ([run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs)]
+    run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise PredictorError("--evaluate needs at least one run folder")
     cfgs = []
@@ -169,10 +173,9 @@ def evaluate_run(run_dirs: str | Path | Sequence[str | Path], data_dir: str | No
         if cfg.data.dataset != "lgg":
             raise PredictorError(f"{run_dir} was trained on {cfg.data.dataset!r}, not on LGG")
         cfgs.append(cfg)
-    first = _input_signature(cfgs[0])
+    first = _input_signature(cfgs[0], head_mask)
     for run_dir, cfg in zip(run_dirs[1:], cfgs[1:]):
-        differ = sorted(k for k, v in _input_signature(cfg).items()
-                        if v != first[k] and not (k == "head_mask" and head_mask is not None))
+        differ = sorted(k for k, v in _input_signature(cfg, head_mask).items() if v != first[k])
         if differ:
             raise PredictorError(f"{run_dir} and {run_dirs[0]} differ in {', '.join(differ)}: an ensemble needs "
                                  "runs trained on the same input (image size, context, preprocessing)")
