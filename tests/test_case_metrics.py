@@ -11,6 +11,7 @@ is within 2**-23 (relative) of the float64 reference: rtol 1e-6 covers that on a
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -24,6 +25,12 @@ from test_metrics import np_auc_ranks  # the average-rank formula in float64
 
 SETTINGS = settings(max_examples=25, deadline=None)
 RTOL = 1e-6  # float32 quotient of exact counts (module docstring)
+
+# Under jit, as a training or evaluation loop calls them. Every hypothesis example has a new
+# shape: one compiled program per shape costs a third of eager mode's op-by-op compiles.
+confusion_counts = jax.jit(metrics.confusion_counts, static_argnames=("threshold", "axis", "per_case"))
+class_confusion_counts = jax.jit(metrics.class_confusion_counts, static_argnames=("num_classes", "per_case"))
+sum_by_case = jax.jit(metrics.sum_by_case, static_argnames="num_cases")
 
 
 def np_counts(pred: np.ndarray, label: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -60,8 +67,8 @@ def cased_batches(draw):
 @given(cased_batches())
 def test_sum_by_case_pools_each_cases_pixels(batch):
     preds, labels, valid, case_index, num_cases = batch
-    per_image = metrics.confusion_counts(preds, labels, mask=valid, per_case=True)
-    got = metrics.sum_by_case(per_image, case_index, num_cases)
+    per_image = confusion_counts(preds, labels, mask=valid, per_case=True)
+    got = sum_by_case(per_image, case_index, num_cases=num_cases)
     for k in range(num_cases):
         mine = case_index == k
         expected = np_counts(preds[mine] >= 0.5, labels[mine], valid[mine])
@@ -75,7 +82,7 @@ def test_class_confusion_counts_are_one_vs_rest_of_argmax(num_classes, b, seed):
     probs = rng.random((b, 5, 7, num_classes)).astype(np.float32)
     labels = rng.integers(0, num_classes, (b, 5, 7))
     valid = rng.random((b, 5, 7)) < 0.7
-    got = metrics.class_confusion_counts(probs, labels, num_classes, mask=valid, per_case=True)
+    got = class_confusion_counts(probs, labels, num_classes=num_classes, mask=valid, per_case=True)
     pred = probs.argmax(-1)
     for i in range(b):
         for k in range(num_classes):
@@ -87,8 +94,7 @@ def test_class_confusion_counts_are_one_vs_rest_of_argmax(num_classes, b, seed):
 @given(cased_batches(), st.booleans())
 def test_summarize_per_case_dice_and_ignore_empty(batch, ignore_empty):
     preds, labels, valid, case_index, num_cases = batch
-    per_case = metrics.sum_by_case(metrics.confusion_counts(preds, labels, mask=valid, per_case=True),
-                                   case_index, num_cases)
+    per_case = sum_by_case(confusion_counts(preds, labels, mask=valid, per_case=True), case_index, num_cases=num_cases)
     out = metrics.summarize(per_case, ignore_empty=ignore_empty)
     counts = [np_counts(preds[case_index == k] >= 0.5, labels[case_index == k], valid[case_index == k])
               for k in range(num_cases)]
