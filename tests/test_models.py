@@ -1,5 +1,7 @@
 """U-Net: parameter counts against a closed-form count, shapes, registry errors."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,12 +52,19 @@ def test_param_count_matches_formula(features, depth, cin, cout, up):
     assert models.count_params(v["params"]) == unet_param_formula(features, depth, cin, cout, up)
 
 
+@functools.cache
+def _shape_test_unet(up: str) -> tuple:
+    """(model, variables), initialised once per upsampling mode: the parameters do not depend
+    on the image size, and compiling the initialisers costs more than the forward passes."""
+    model = models.create("unet", features=4, depth=3, in_channels=1, out_channels=2, upsample=up)
+    return model, init_variables(model, (1, 37, 53, 1), jax.random.key(0))
+
+
 @pytest.mark.parametrize("hw", [(37, 53), (64, 64), (31, 16)])
 @pytest.mark.parametrize("up", ["transpose", "bilinear"])
 def test_output_shape_equals_input_shape(hw, up):
-    model = models.create("unet", features=4, depth=3, in_channels=1, out_channels=2, upsample=up)
+    model, v = _shape_test_unet(up)
     x = jax.random.normal(jax.random.key(1), (2, *hw, 1))
-    v = init_variables(model, x.shape, jax.random.key(0))
     y = model.apply(v, x, train=False)
     assert y.shape == (2, *hw, 2)
     y_train, upd = model.apply(v, x, train=True, mutable=["batch_stats"])
