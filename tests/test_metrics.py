@@ -168,6 +168,21 @@ def test_ratio_metrics_match_numpy_elementwise(rows):
         np.testing.assert_allclose(one, got[-1], rtol=1e-6)
 
 
+@SETTINGS
+@given(rows=st.lists(st.tuples(*[st.integers(0, 2**40)] * 4) | counts_strategy, min_size=1, max_size=9))
+def test_host_metrics_match_numpy_in_float64(rows):
+    """The host-side figures: float64 (exact for counts beyond float32's 2**24), the same
+    0/0 convention; one division each, so within 1 ulp of the reference (rtol 1e-15)."""
+    arr = np.asarray(rows, np.float64)
+    got = metrics.host_metrics(metrics.ConfusionCounts(*arr.T))
+    assert list(got) == list(metrics.METRICS)
+    for name, values in got.items():
+        assert values.shape == (len(rows),) and values.dtype == np.float64
+        np.testing.assert_allclose(values, NP_METRICS[name](*arr.T), rtol=1e-15, atol=0, err_msg=name)
+    zero = metrics.host_metrics(metrics.ConfusionCounts(*np.zeros((4, 1))))
+    assert all(v.tolist() == [1.0] for v in zero.values())  # nothing to find, nothing found
+
+
 def test_empty_prediction_and_label_score_one():
     z = np.zeros((2, 5, 5), np.float32)
     c = metrics.confusion_counts(z, z)

@@ -116,8 +116,8 @@ class Evaluator:
 def _figures(counts: metrics.ConfusionCounts, num_classes: int) -> dict[str, float]:
     """One image's or case's metrics: binary figures, or the foreground-class mean and each class."""
     out: dict[str, float] = {}
-    for name, fn in metrics.METRICS.items():
-        values = np.atleast_1d(np.asarray(fn(counts), np.float64))
+    for name, values in metrics.host_metrics(counts).items():
+        values = np.atleast_1d(values)
         out[name] = float(values.mean())
         if num_classes > 2:
             out.update({f"{name}_class{k}": float(v) for k, v in enumerate(values, start=1)})

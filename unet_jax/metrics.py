@@ -48,6 +48,7 @@ __all__ = [
     "class_confusion_counts",
     "confusion_counts",
     "dice",
+    "host_metrics",
     "iou",
     "precision",
     "roc_auc",
@@ -205,10 +206,23 @@ def sum_by_case(counts: ConfusionCounts, case_index: ArrayLike, num_cases: int) 
 # --------------------------------------------------------------------------- ratios
 
 
-def _ratio(num: Array, den: Array, counts: ConfusionCounts) -> Array:
-    """``num / den``; ``0/0`` is 1 when prediction and label agree (FP + FN == 0), else 0."""
-    num = jnp.asarray(num, jnp.float32)
-    den = jnp.asarray(den, jnp.float32)
+# Numerator and denominator of each ratio, in plain arithmetic: the same formulas serve the
+# jax functions below (float32, jit-able) and the host-side float64 figures of
+# `host_metrics`, which evaluation calls per image and per case (op-by-op device dispatch
+# there cost seconds per evaluation).
+_FRACTIONS: dict[str, Callable[[ConfusionCounts], tuple]] = {
+    "dice": lambda c: (2 * c.tp, 2 * c.tp + c.fp + c.fn),
+    "iou": lambda c: (c.tp, c.tp + c.fp + c.fn),
+    "sensitivity": lambda c: (c.tp, c.tp + c.fn),
+    "specificity": lambda c: (c.tn, c.tn + c.fp),
+    "precision": lambda c: (c.tp, c.tp + c.fp),
+    "accuracy": lambda c: (c.tp + c.tn, c.tp + c.fp + c.tn + c.fn),
+}
+
+
+def _ratio(name: str, counts: ConfusionCounts) -> Array:
+    """``num / den`` of metric `name`; ``0/0`` is 1 when prediction and label agree (FP + FN == 0), else 0."""
+    num, den = (jnp.asarray(x, jnp.float32) for x in _FRACTIONS[name](counts))
     agree = (jnp.asarray(counts.fp, jnp.float32) + jnp.asarray(counts.fn, jnp.float32)) == 0
     ok = den > 0
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), jnp.where(agree, 1.0, 0.0))
@@ -216,32 +230,32 @@ def _ratio(num: Array, den: Array, counts: ConfusionCounts) -> Array:
 
 def dice(c: ConfusionCounts) -> Array:
     """Dice = F1 = ``2TP / (2TP + FP + FN)``, elementwise."""
-    return _ratio(2 * c.tp, 2 * c.tp + c.fp + c.fn, c)
+    return _ratio("dice", c)
 
 
 def iou(c: ConfusionCounts) -> Array:
     """Jaccard / IoU = ``TP / (TP + FP + FN)``, elementwise."""
-    return _ratio(c.tp, c.tp + c.fp + c.fn, c)
+    return _ratio("iou", c)
 
 
 def sensitivity(c: ConfusionCounts) -> Array:
     """Sensitivity = recall = ``TP / (TP + FN)``, elementwise."""
-    return _ratio(c.tp, c.tp + c.fn, c)
+    return _ratio("sensitivity", c)
 
 
 def specificity(c: ConfusionCounts) -> Array:
     """Specificity = ``TN / (TN + FP)``, elementwise."""
-    return _ratio(c.tn, c.tn + c.fp, c)
+    return _ratio("specificity", c)
 
 
 def precision(c: ConfusionCounts) -> Array:
     """Precision = ``TP / (TP + FP)``, elementwise."""
-    return _ratio(c.tp, c.tp + c.fp, c)
+    return _ratio("precision", c)
 
 
 def accuracy(c: ConfusionCounts) -> Array:
     """Accuracy = ``(TP + TN) / (TP + FP + TN + FN)``, elementwise."""
-    return _ratio(c.tp + c.tn, c.tp + c.fp + c.tn + c.fn, c)
+    return _ratio("accuracy", c)
 
 
 METRICS: dict[str, Callable[[ConfusionCounts], Array]] = {
@@ -252,6 +266,23 @@ METRICS: dict[str, Callable[[ConfusionCounts], Array]] = {
     "precision": precision,
     "accuracy": accuracy,
 }
+
+
+def host_metrics(counts: ConfusionCounts) -> dict[str, np.ndarray]:
+    """Every metric of :data:`METRICS`, elementwise, in float64 numpy on the host.
+
+    The same formulas and ``0/0`` convention as the jax functions, without a device
+    round trip: for summaries of counts already on the host (an evaluation's per-image
+    and per-case figures). Counts in float64 stay exact beyond float32's 2**24.
+    """
+    c = ConfusionCounts(*(np.asarray(x, np.float64) for x in counts))
+    agree = (c.fp + c.fn) == 0
+    out = {}
+    for name, fraction in _FRACTIONS.items():
+        num, den = fraction(c)
+        ok = den > 0
+        out[name] = np.where(ok, num / np.where(ok, den, 1.0), np.where(agree, 1.0, 0.0))
+    return out
 
 
 _EMPTY_UNDEFINED = ("dice", "iou", "sensitivity")  # figures left out for empty labels by ignore_empty
@@ -265,7 +296,8 @@ def summarize(
 ) -> dict[str, float]:
     """Global figures and their mean and median over cases, for every metric in :data:`METRICS`.
 
-    Host side (numpy, float64 sums: totals over many images can exceed float32's 2**24).
+    Host side (numpy, float64 sums and ratios, :func:`host_metrics`: totals over many images can
+    exceed float32's 2**24).
 
     Args:
       counts_per_case: counts with a leading case axis, ``(cases,)`` for a binary task
@@ -300,11 +332,11 @@ def summarize(
     empty = (per_case.tp + per_case.fn) == 0
     out: dict[str, float] = {}
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name, fn in METRICS.items():
-        values = np.asarray(fn(per_case), np.float64)  # (cases, classes)
+    pooled_figures = host_metrics(total)
+    for name, values in host_metrics(per_case).items():  # (cases, classes)
         if ignore_empty and name in _EMPTY_UNDEFINED:
             values = np.where(empty, np.nan, values)
-        stats[name] = (np.asarray(fn(total), np.float64), values)
+        stats[name] = (pooled_figures[name], values)
     for name, (pooled, values) in stats.items():
         out[name] = float(pooled.mean())
     for name, (pooled, values) in stats.items():
