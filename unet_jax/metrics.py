@@ -1,6 +1,7 @@
 """Binary segmentation metrics: confusion counts, overlap ratios and exact ROC AUC.
 
-Pure JAX, float32, jit/vmap friendly.
+Pure JAX, float32, jit/vmap friendly; :func:`host_metrics` and :func:`summarize` are the
+host-side float64 (numpy) figures of counts already on the host.
 
 Inputs are ``(..., H, W)`` or ``(..., H, W, 1)`` (a trailing singleton channel is dropped
 when the array has at least 3 axes). Predictions are binarized as ``preds >= threshold``,
