@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,9 @@ def pack(data_dir: Path, out: str, parts: int, wheels: Path | None, workers: int
     patients = list_patients(data_dir)
     staging = Path(f"{out}_staging")
     shutil.rmtree(staging, ignore_errors=True)
-    with ProcessPoolExecutor(workers) as pool:
+    # Threads, not processes: OpenCV's coding releases the GIL, and forking a process whose
+    # JAX threads run can deadlock (pytest warned of it where other tests had started JAX).
+    with ThreadPoolExecutor(workers) as pool:
         entries = list(tqdm(pool.map(_encode_patient, [data_dir / p for p in patients], [staging] * len(patients)),
                             total=len(patients), desc="packing", unit="patient"))
     every = {e["patient"]: len(e["slices"]) for e in entries}
@@ -132,7 +134,7 @@ def unpack(parts: list[Path], out: Path, workers: int, *, complete: bool = False
             raise RuntimeError(f"{part} is not a packed LGG part ({e}): run `python -m benchmarks.lgg_carry pack`") \
                 from e
     jobs = [(part, e) for part, m in zip(parts, manifests) for e in m["patients"]]
-    with ProcessPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         counts = tqdm(pool.map(_decode_patient, [p for p, _ in jobs], [e for _, e in jobs], [out] * len(jobs)),
                       total=len(jobs), desc="unpacking", unit="patient")
         done = {e["patient"]: n for (_, e), n in zip(jobs, counts)}
