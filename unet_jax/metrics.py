@@ -331,16 +331,12 @@ def summarize(
     class_ids = list(class_ids) if class_ids is not None else list(range(1, num_classes + 1))
     total = ConfusionCounts(*(c.sum(axis=0) for c in per_case))
     empty = (per_case.tp + per_case.fn) == 0
-    out: dict[str, float] = {}
-    stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     pooled_figures = host_metrics(total)
+    out: dict[str, float] = {name: float(pooled.mean()) for name, pooled in pooled_figures.items()}
     for name, values in host_metrics(per_case).items():  # (cases, classes)
         if ignore_empty and name in _EMPTY_UNDEFINED:
             values = np.where(empty, np.nan, values)
-        stats[name] = (pooled_figures[name], values)
-    for name, (pooled, values) in stats.items():
-        out[name] = float(pooled.mean())
-    for name, (pooled, values) in stats.items():
+        pooled = pooled_figures[name]
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: every case left out
             case_values = np.nanmean(values, axis=1)
