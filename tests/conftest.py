@@ -40,6 +40,19 @@ def compile_cache(tmp_path_factory):
     cc.reset_cache()
 
 
+def synthetic_subset(num_train: int, num_test: int, **kw):
+    """A stand-in for `data.get` giving the first images of the synthetic set (image i does not
+    depend on how many there are, so a test reading image 0 sees the default set's image 0)."""
+    return lambda name, **options: data.SyntheticDrive(num_train, num_test, **kw, **options)
+
+
+@pytest.fixture
+def use_synthetic(monkeypatch):
+    """``use_synthetic(num_train, num_test, size=...)``: `--synthetic` runs in this test use
+    that subset (:func:`synthetic_subset`)."""
+    return lambda *args, **kw: monkeypatch.setattr(data, "get", synthetic_subset(*args, **kw))
+
+
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory, worker_id) -> Path:
     """A tiny finished training run, trained once per session (test_predict, test_app).
@@ -50,11 +63,10 @@ def run_dir(tmp_path_factory, worker_id) -> Path:
     wd = (base if worker_id == "master" else base.parent) / "tiny_run"
     with FileLock(f"{wd}.lock"):
         if not (wd / "results.json").is_file():
-            # Six training and two test images of the default synthetic set (image i does not
-            # depend on how many there are): the tests read test image 0, and the other 18
-            # test images only cost evaluation time while a worker may be waiting here.
+            # The tests read test image 0; 18 more test images would only cost evaluation
+            # time while another worker may be waiting here.
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(data, "get", lambda name, **kw: data.SyntheticDrive(6, 2, **kw))
+                mp.setattr(data, "get", synthetic_subset(6, 2))
                 assert drive.main(TINY + ["--workdir", str(wd)]) == 0
     return wd
 

@@ -9,7 +9,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import drive
-from unet_jax import data
 from unet_jax.training import checkpoint
 from unet_jax.training.checkpoint import Checkpointer
 
@@ -25,9 +24,9 @@ class SimulatedCrash(Exception):
 
 
 @pytest.fixture
-def tiny_data(monkeypatch):
+def tiny_data(use_synthetic):
     """Four 96x96 synthetic training images (2 train, 2 val) and two test images."""
-    monkeypatch.setattr(data, "get", lambda name, **kw: data.SyntheticDrive(4, 2, size=(96, 96), **kw))
+    use_synthetic(4, 2, size=(96, 96))
 
 
 def _state(path: Path) -> list[np.ndarray]:

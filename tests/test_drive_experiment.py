@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import drive
-from unet_jax import data, losses, models
+from unet_jax import losses, models
 from unet_jax.config import RunConfig, TrainConfig
 from unet_jax.training.loop import NonFiniteLossError, fit
 from unet_jax.training.state import create_train_state
@@ -31,10 +31,10 @@ TINY = [
 
 
 @pytest.mark.slow
-def test_tiny_synthetic_run_learns_and_writes_everything(tmp_path, monkeypatch):
-    # The default 20 training images, 4 of the 20 test images (image i does not depend on the
-    # count): every output is written and checked, at a fifth of the test set's cost.
-    monkeypatch.setattr(data, "get", lambda name, **kw: data.SyntheticDrive(20, 4, **kw))
+def test_tiny_synthetic_run_learns_and_writes_everything(tmp_path, use_synthetic):
+    # The default 20 training images, 4 of the 20 test images: every output is written and
+    # checked, at a fifth of the test set's cost.
+    use_synthetic(20, 4)
     wd = tmp_path / "run"
     flags = ["--steps", "40", "--log-every", "5", "--eval-every", "20", "--pool", "reshape"]
     rc = drive.main(TINY + flags + ["--workdir", str(wd)])
