@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"(first image with compile {compile_s[mode]:.1f}s)")
     result = {
         "command": "python -m benchmarks.inference_modes " + " ".join(argv if argv is not None else []),
-        "run": str(args.run), "checkpoint": args.which, "checkpoint_step": predictor.step,
+        "run": str(args.run), "checkpoint": args.which, "checkpoint_step": predictor.steps[0],
         "images": len(examples), "rounds": args.rounds, "modes": rows,
         "note": "DRIVE test set (20 images, 565x584), figures within the FOV pooled over all images; images/s "
                 "from raw image in memory to probabilities at full size (preprocessing included, I/O excluded)",

@@ -130,20 +130,6 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
     return cfg, dataset
 
 
-# What a model's input depends on, with the value of runs made before the option existed:
-# runs evaluated together must agree on these.
-INPUT_OPTIONS = {"crop": True, "rescale": True, "standardize": True, "head_mask": False, "context": 0}
-
-
-def _input_signature(cfg: RunConfig, head_mask: bool | None) -> dict[str, Any]:
-    """What the run's model is fed at evaluation (`head_mask`: the override, if any)."""
-    options = {k: cfg.data.options.get(k, v) for k, v in INPUT_OPTIONS.items()}
-    if head_mask is not None:
-        options["head_mask"] = head_mask
-    return {"preprocess": cfg.data.preprocess, **options, "threshold": cfg.train.threshold,
-            "ignore_empty": cfg.train.ignore_empty}
-
-
 def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: str | Path | None, *,
                  which: str = "best", overwrite: bool = False, progress: bool = True, head_mask: bool | None = None,
                  tta: bool = False) -> dict[str, Any]:
@@ -156,7 +142,7 @@ def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: 
     from unet_jax.data.lgg import resolve_lgg_dir
     from unet_jax.evaluation import evaluate
     from unet_jax.inference import flip_tta, mean_ensemble
-    from unet_jax.predictor import PredictorError, load_run_state
+    from unet_jax.predictor import PredictorError, check_ensemble, load_run_state
     from unet_jax.training.loop import make_predict_fn
     from unet_jax.workdir import atomic_write_csv, atomic_write_json, prepare_workdir
 
@@ -173,12 +159,7 @@ def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: 
         if cfg.data.dataset != "lgg":
             raise PredictorError(f"{run_dir} was trained on {cfg.data.dataset!r}, not on LGG")
         cfgs.append(cfg)
-    first = _input_signature(cfgs[0], head_mask)
-    for run_dir, cfg in zip(run_dirs[1:], cfgs[1:]):
-        differ = sorted(k for k, v in _input_signature(cfg, head_mask).items() if v != first[k])
-        if differ:
-            raise PredictorError(f"{run_dir} and {run_dirs[0]} differ in {', '.join(differ)}: an ensemble needs "
-                                 "runs trained on the same input (image size, context, preprocessing)")
+    check_ensemble(run_dirs, cfgs, **({} if head_mask is None else {"head_mask": head_mask}))
     cfg = cfgs[0]
     options = {**cfg.data.options, "root": str(resolve_lgg_dir(data_dir)), "split": "all", "folds": None,
                "fold": None, "patients": None}

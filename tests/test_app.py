@@ -180,7 +180,7 @@ class ThreeClasses:
     """A multi-class run as the app sees it (Predictor's contract: (H, W, K) probabilities
     summing to 1); compiling a real 3-class network would cost more than the whole test."""
 
-    step, num_classes, threshold = 0, 3, 0.5
+    steps, num_classes, threshold = (0,), 3, 0.5
 
     def __call__(self, image: np.ndarray, **options) -> np.ndarray:
         g = image.astype(np.float32).mean(axis=-1) / 255.0

@@ -8,11 +8,14 @@ preprocessing (green channel, CLAHE) is the same, so the synthetic model accepts
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import cv2
+import jax
 import numpy as np
 import pytest
 
@@ -30,7 +33,8 @@ DRIVE = Path(os.environ.get("UNET_JAX_DRIVE_DIR", Path(__file__).parents[1] / ".
 @pytest.mark.slow
 def test_final_predictor_reproduces_the_runs_test_predictions(run_dir):
     predictor = load_predictor(run_dir, which="final")
-    assert predictor.step == 8 and predictor.num_classes == 2 and predictor.threshold == 0.5
+    assert predictor.steps == (8,) and predictor.num_classes == 2 and predictor.threshold == 0.5
+    assert predictor.describe() == {"run": str(run_dir), "checkpoint_step": 8}
     example = get_dataset("synthetic").test()[0]  # the run's test images, as stored
     probs = predictor(example.image)
     assert probs.shape == example.label.shape and probs.dtype == np.float32
@@ -45,6 +49,45 @@ def test_final_predictor_reproduces_the_runs_test_predictions(run_dir):
     expected = (plain + predictor.model_probs(x[:, ::-1])[:, ::-1]) / 2
     assert np.abs(expected - plain).max() > 1e-4  # the model alone is not mirror-symmetric
     np.testing.assert_allclose(predictor.model_probs(x, tta="hflip"), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_an_ensemble_predicts_the_mean_of_its_runs(run_dir, tmp_path):
+    one = load_predictor(run_dir, which="final")
+    state = one.states[0]
+    # A second model: the same network with other weights (every parameter scaled).
+    other = dataclasses.replace(one, states=(state.replace(params=jax.tree.map(lambda p: 1.5 * p, state.params)),))
+    pair = dataclasses.replace(one, states=(state, other.states[0]), runs=("a", "b"))
+    x = one.preprocess(get_dataset("synthetic").test()[0].image)
+    p, q = one.model_probs(x), other.model_probs(x)
+    assert np.abs(p - q).max() > 1e-3  # the two models differ
+    # (p + q) / 2 of float32 values in [0, 1]: 1e-6 holds anywhere, as for TTA above.
+    np.testing.assert_allclose(pair.model_probs(x), (p + q) / 2, rtol=0, atol=1e-6)
+    assert pair.describe() == {"runs": ["a", "b"], "checkpoint_steps": [8, 8], "ensemble": "mean"}
+
+    # The command with --run twice: a run and its copy, whose mean is the run's own prediction.
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    example = get_dataset("synthetic").test()[0]
+    image, labels = tmp_path / "image.png", tmp_path / "labels"
+    labels.mkdir()
+    cv2.imwrite(str(image), example.image[..., ::-1])  # RGB -> BGR for OpenCV
+    cv2.imwrite(str(labels / "image_mask.png"), 255 * example.label)
+    out = tmp_path / "out"
+    assert predict.main(["--run", str(run_dir), "--run", str(copy), str(image), "--labels", str(labels),
+                         "--output", str(out), "--which", "final", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs"] == [str(run_dir), str(copy)] and summary["checkpoint_steps"] == [8, 8]
+    saved = cv2.imread(str(out / "image_prob.png"), cv2.IMREAD_GRAYSCALE)
+    assert np.abs(saved.astype(int) - to_uint8(one(read_image(image))).astype(int)).max() <= 1
+    # A run whose output is read otherwise (here: another threshold) is refused, naming both.
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["train"]["threshold"] = 0.3
+    (copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PredictorError, match=f"{copy} and {run_dir} differ in threshold"):
+        load_predictor([run_dir, copy])
+    assert predict.main(["--run", str(run_dir), "--run", str(copy), str(image), "--output", str(tmp_path / "o"),
+                         "--no-progress"]) == 2
 
 
 def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):

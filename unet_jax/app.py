@@ -2,6 +2,7 @@
 
     python -m unet_jax.app --run runs/drive-unet-...            # then open http://127.0.0.1:8000/
     python -m unet_jax.app --run RUN --which final --port 8080 --tta flip --max-upload-mb 50
+    python -m unet_jax.app --run RUN_A --run RUN_B     # an ensemble: the mean of the runs' probabilities
 
 Upload or drop an image (PNG, JPEG, TIFF, BMP, GIF, PPM/PGM: whatever
 ``unet_jax.data.imageio`` reads); the page shows the original, the foreground probability
@@ -249,7 +250,7 @@ class AppServer(http.server.ThreadingHTTPServer):
         self.quiet = quiet
         self.lock = threading.Lock()
         self.page = importlib.resources.files("unet_jax").joinpath("app_page.html").read_bytes()
-        self.info = {"run": run, "step": predictor.step, "num_classes": predictor.num_classes,
+        self.info = {"run": run, "step": ", ".join(map(str, predictor.steps)), "num_classes": predictor.num_classes,
                      "threshold": predictor.threshold, "max_upload_bytes": max_upload_bytes,
                      "options": {k: v for k, v in options.items()}}
 
@@ -272,7 +273,8 @@ def make_server(predictor: Any, *, host: str = "127.0.0.1", port: int = 8000,
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m unet_jax.app", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", required=True, help="the training run's folder (its --workdir)")
+    p.add_argument("--run", required=True, action="append", help="the training run's folder (its --workdir); "
+                   "repeated (--run A --run B): their ensemble, the mean of their probabilities")
     p.add_argument("--which", choices=["best", "final"], default="best", help="which checkpoint of the run")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
@@ -298,19 +300,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         predictor(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8), **options)
     except PredictorError as e:
-        print(f"error: {args.run}: {e}", file=sys.stderr)
+        print(f"error: {', '.join(args.run)}: {e}", file=sys.stderr)
         return 2
     print(f"model loaded and compiled in {time.perf_counter() - t0:.1f}s", flush=True)
     try:
         server = make_server(predictor, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-                             options=options, run=str(args.run))
+                             options=options, run=", ".join(args.run))
     except OSError as e:
         print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 2
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {args.host}: anyone who can reach this port can use the model", flush=True)
     try:
-        print(f"unet-jax app: {args.run} (step {predictor.step}, {predictor.num_classes} classes) at {server.url}"
+        print(f"unet-jax app: {', '.join(args.run)} (step {', '.join(map(str, predictor.steps))}, "
+              f"{predictor.num_classes} classes) at {server.url}"
               "  (Ctrl-C to stop)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:

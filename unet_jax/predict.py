@@ -3,6 +3,7 @@
     python -m unet_jax.predict --run runs/drive-unet-... images/ more.png --output preds/
     python -m unet_jax.predict --run RUN DRIVE/test/images --labels DRIVE/test/1st_manual \\
         --fov-masks DRIVE/test/mask --tta flip --output preds/       # also per_image.csv + summary.json
+    python -m unet_jax.predict --run runs/seed0 --run runs/seed1 images/ --output preds/   # an ensemble
 
 For every input image (files, or every image in a folder; PNG, JPEG, TIFF, BMP, GIF, PPM)
 writes ``<stem>_prob.png`` (foreground probability x 255), ``<stem>_pred.png`` (mask: 0/255,
@@ -11,7 +12,9 @@ against the label and per_image.csv / summary.json hold the metrics (``unet_jax.
 within --fov-masks when given). Labels and FOV masks pair with an image by file stem, after
 a common suffix (``_mask``, ``_manual1``, ...) or by the stem's first ``_``-separated part
 (DRIVE's ``01_test.tif`` and ``01_manual1.gif``). Architecture, preprocessing, classes and
-threshold come from the run; nothing the training fixed is asked again.
+threshold come from the run; nothing the training fixed is asked again. ``--run`` given more
+than once predicts with the mean of the runs' probabilities (runs of other seeds, folds or
+architectures trained on the same input with the same threshold; others are refused).
 
 Runs trained on volumes predict volumes, preprocessed as in training (statistics of the
 whole volume), and write them in the input's own format:
@@ -87,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("inputs", nargs="+", help="image files or folders of images; for runs trained on volumes, "
                                              "LGG patient folders or NIfTI volumes (or folders of them)")
-    p.add_argument("--run", required=True, help="the training run's folder (its --workdir)")
+    p.add_argument("--run", required=True, action="append", help="the training run's folder (its --workdir); "
+                   "repeated (--run A --run B): their ensemble, the mean of their probabilities")
     p.add_argument("--output", required=True, help="folder for the predictions")
     p.add_argument("--which", choices=["best", "final"], default="best", help="which checkpoint of the run")
     p.add_argument("--labels", default=None, help="folder of ground-truth masks (NIfTI runs: label volumes): "
@@ -128,7 +132,7 @@ def predict_files(args: argparse.Namespace) -> dict:
         save_prediction(out, path.stem, probs, pred, label, valid, image=image)
         n_pixels += image.shape[0] * image.shape[1]
     seconds = time.perf_counter() - t0
-    summary = {"run": str(args.run), "checkpoint_step": predictor.step, "images": len(files), "seconds": seconds,
+    summary = {**predictor.describe(), "images": len(files), "seconds": seconds,
                "images_per_s": len(files) / seconds, "threshold": threshold, **options}
     if evaluator is not None:
         result = evaluator.result()
@@ -171,7 +175,7 @@ def predict_volumes(args: argparse.Namespace, predictor) -> dict:
     cfg = predictor.cfg
     for flag, given in (("--scale", args.scale != 1.0), ("--fov-masks", args.fov_masks is not None)):
         if given:
-            raise DataError(f"{flag} applies to runs that predict single images; {args.run} predicts "
+            raise DataError(f"{flag} applies to runs that predict single images; {', '.join(args.run)} predict "
                             f"{predictor.volume_preprocessing}")
     dataset = data.dataset_class(cfg.data.dataset).for_prediction(
         args.inputs, options={**cfg.data.options, "classes": predictor.num_classes}, preprocess=cfg.data.preprocess,
@@ -198,7 +202,7 @@ def predict_volumes(args: argparse.Namespace, predictor) -> dict:
     written = writer.finish()
     volumes = reporter.finish()
     seconds = time.perf_counter() - t0
-    summary = {"run": str(args.run), "checkpoint_step": predictor.step, "dataset": cfg.data.dataset,
+    summary = {**predictor.describe(), "dataset": cfg.data.dataset,
                "volumes": volumes["num_volumes"], "slices": len(source), "seconds": seconds,
                "slices_per_s": len(source) / seconds, "threshold": threshold, "labelled": dataset.labelled,
                "files": len(written), **options}

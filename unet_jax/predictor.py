@@ -5,10 +5,13 @@
     probs = predictor(image)                        # whole image, (H, W) or (H, W, classes)
     probs = predictor(image, tta=True, window=256)  # flip TTA, sliding window (Gaussian blending)
     probs = predictor.model_probs(x)                # a preprocessed (H, W, C) input, the model's grid
+    ensemble = load_predictor(["runs/a", "runs/b"])   # the mean of several runs' probabilities
 
 Architecture, preprocessing, normalisation, classes and threshold come from the run's
 ``config.json`` and ``dataset.json``; the weights from its checkpoints. Nothing else is
-needed: not the training data, not the flags.
+needed: not the training data, not the flags. Runs loaded together (an ensemble: other
+seeds, folds or architectures) must take the same input and predict the same classes with
+the same threshold (:func:`input_signature`).
 
 Runs of datasets whose preprocessing needs the whole volume (LGG, NIfTI) load too, but
 predict volumes, not single images: ``python -m unet_jax.predict`` builds the dataset's
@@ -20,8 +23,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import jax
@@ -31,13 +36,14 @@ import numpy as np
 from unet_jax import data
 from unet_jax.config import RunConfig
 from unet_jax.data.preprocess import preprocess_image, resize_probs
-from unet_jax.inference import flip_tta, sliding_window_inference
+from unet_jax.inference import flip_tta, mean_ensemble, sliding_window_inference
 from unet_jax.training.checkpoint import CheckpointError, load_state
 from unet_jax.training.run import initial_state
 from unet_jax.training.state import TrainState
 from unet_jax.training.steps import eval_step
 
-__all__ = ["AUTO_WINDOW_PIXELS", "PredictorError", "Predictor", "load_predictor", "load_run_state"]
+__all__ = ["AUTO_WINDOW_PIXELS", "PredictorError", "Predictor", "check_ensemble", "input_signature",
+           "load_predictor", "load_run_state"]
 
 # Above this many pixels (after --scale), the whole image is predicted window by window.
 AUTO_WINDOW_PIXELS = 2048 * 2048
@@ -50,19 +56,32 @@ class PredictorError(ValueError):
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: compiled functions are cached per predictor
 class Predictor:
-    """Raw image -> probabilities for one trained run (see :func:`load_predictor`).
+    """Raw image -> probabilities for one trained run, or the mean of several runs'
+    probabilities (see :func:`load_predictor`).
 
     Attributes:
-      cfg: the run's configuration.
+      cfg: the (first) run's configuration; an ensemble's runs agree on what it says
+        about the input, classes and threshold.
       num_classes: classes including background (2: binary, probabilities (H, W)).
-      step: the training step of the weights.
-      state: the restored TrainState.
+      states: the restored TrainState of each run.
+      runs: the run folders, in the order of `states`.
     """
 
     cfg: RunConfig
     num_classes: int
-    step: int
-    state: TrainState
+    states: tuple[TrainState, ...]
+    runs: tuple[str, ...]
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        """The training step of each run's weights."""
+        return tuple(int(s.step) for s in self.states)
+
+    def describe(self) -> dict[str, Any]:
+        """The run and its checkpoint's step for summaries; an ensemble's runs and steps."""
+        if len(self.runs) == 1:
+            return {"run": self.runs[0], "checkpoint_step": self.steps[0]}
+        return {"runs": list(self.runs), "checkpoint_steps": list(self.steps), "ensemble": "mean"}
 
     @property
     def threshold(self) -> float:
@@ -115,8 +134,10 @@ class Predictor:
 
     @functools.cache  # one jitted function per option set; jit then caches per image size
     def _compiled(self, tta, window, overlap, blend):
+        model = mean_ensemble([functools.partial(eval_step, s) for s in self.states])
+
         def probs(batch):  # (B, h, w, C) -> (B, h, w, K)
-            p = eval_step(self.state, batch)
+            p = model(batch)
             return p[..., None] if p.ndim == 3 else p
 
         if tta:
@@ -164,7 +185,45 @@ def load_run_state(workdir: str | Path, which: Literal["best", "final"] = "best"
     return cfg, info, state
 
 
-def load_predictor(workdir: str | Path, which: Literal["best", "final"] = "best") -> Predictor:
-    """Rebuilds the run in `workdir` and restores its weights (see :func:`load_run_state`)."""
-    cfg, info, state = load_run_state(workdir, which)
-    return Predictor(cfg=cfg, num_classes=int(info["num_classes"]), step=int(state.step), state=state)
+def input_signature(cfg: RunConfig, **overrides: Any) -> dict[str, Any]:
+    """What a run's model is fed and how its output becomes a mask: the dataset, its
+    preprocessing and input options (``Dataset.input_options``; `overrides` replace options
+    an evaluation imposes on every run, e.g. ``head_mask=True``), the threshold and the
+    empty-case convention. Runs averaged together must agree on all of it."""
+    defaults = data.dataset_class(cfg.data.dataset).input_options
+    options = {k: cfg.data.options.get(k, v) for k, v in defaults.items()}
+    options.update((k, v) for k, v in overrides.items() if k in defaults)
+    return {"dataset": cfg.data.dataset, "preprocess": cfg.data.preprocess, **options,
+            "threshold": cfg.train.threshold, "ignore_empty": cfg.train.ignore_empty}
+
+
+def check_ensemble(runs: Sequence[str | Path], cfgs: Sequence[RunConfig], **overrides: Any) -> None:
+    """Raises :class:`PredictorError` naming the first run whose :func:`input_signature`
+    differs from the first run's, and what differs."""
+    first = input_signature(cfgs[0], **overrides)
+    for run, cfg in zip(runs[1:], cfgs[1:]):
+        mine = input_signature(cfg, **overrides)
+        differ = sorted(k for k in first.keys() | mine.keys() if first.get(k) != mine.get(k))
+        if differ:
+            raise PredictorError(f"{run} and {runs[0]} differ in {', '.join(differ)}: an ensemble averages runs "
+                                 "trained on the same input (dataset, image size, channels, preprocessing) with "
+                                 "the same threshold")
+
+
+def load_predictor(workdirs: str | os.PathLike | Sequence[str | os.PathLike],
+                   which: Literal["best", "final"] = "best") -> Predictor:
+    """Rebuilds the run in `workdirs` (a folder), or each of several runs (an ensemble: the
+    mean of their probabilities), and restores its weights (see :func:`load_run_state`)."""
+    runs = [workdirs] if isinstance(workdirs, (str, os.PathLike)) else list(workdirs)
+    if not runs:
+        raise PredictorError("load_predictor needs at least one run folder")
+    loaded = [load_run_state(r, which) for r in runs]
+    check_ensemble(runs, [cfg for cfg, _, _ in loaded])
+    classes = {int(info["num_classes"]) for _, info, _ in loaded}
+    channels = {int(info["channels"]) for _, info, _ in loaded}
+    if len(classes) > 1 or len(channels) > 1:
+        raise PredictorError(f"the runs {', '.join(map(str, runs))} predict {sorted(classes)} classes from "
+                             f"{sorted(channels)} input channels: an ensemble's runs must agree")
+    cfg, info, _ = loaded[0]
+    return Predictor(cfg=cfg, num_classes=int(info["num_classes"]), states=tuple(s for _, _, s in loaded),
+                     runs=tuple(str(r) for r in runs))

@@ -156,6 +156,10 @@ class Dataset(abc.ABC):
     #: predicted (the app, ``Predictor(image)``): this names the volumes that
     #: ``unet_jax.predict`` takes instead (see :meth:`for_prediction`).
     volume_preprocessing: str | None = None
+    #: The keyword options that decide what the model is fed, with the value runs made
+    #: before the option existed had: :meth:`for_prediction` rebuilds a run's data with
+    #: them, and runs averaged together (an ensemble) must agree on them.
+    input_options: dict[str, Any] = {}
     #: False when the test examples carry no labels (volumes given for prediction only);
     #: their labels are then all background and nothing is scored.
     labelled: bool = True

@@ -308,6 +308,8 @@ class LggDataset(Dataset):
     volume_preprocessing = ("patient folders (kaggle_3m layout: <patient>/<patient>_<n>.tif), or folders of them: "
                             "python -m unet_jax.predict --run RUN PATIENT_FOLDER... --output DIR")
 
+    input_options = {"crop": True, "rescale": True, "standardize": True, "head_mask": False, "context": 0}
+
     def __init__(
         self,
         root: str | os.PathLike | None = None,
@@ -589,7 +591,7 @@ class LggDataset(Dataset):
                 folders.append(path)
             else:
                 folders += [path / p for p in list_patients(path)]
-        steps = {k: options[k] for k in ("crop", "rescale", "standardize", "head_mask", "context") if k in options}
+        steps = {k: options[k] for k in cls.input_options if k in options}
         return cls(folders=folders, split="all", masks=False, uniform_share=None, preprocess=preprocess,
                    progress=progress, **steps)
 

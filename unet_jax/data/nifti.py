@@ -189,6 +189,7 @@ class NiftiDataset(Dataset):
     name = "nifti"
     volume_preprocessing = ("NIfTI volumes (.nii.gz, .nii) or folders of them: python -m unet_jax.predict --run RUN "
                             "VOLUME... --output DIR [--labels LABEL_FOLDER]")
+    input_options = {"window": None, "percentiles": [0.5, 99.5], "context": 0, "classes": None}
 
     def __init__(self, root: str | os.PathLike | None = None, window: tuple[float, float] | None = None,
                  percentiles: tuple[float, float] = (0.5, 99.5), context: int = 0, test_fraction: float = 0.2,
@@ -313,7 +314,7 @@ class NiftiDataset(Dataset):
         if missing:
             raise DataError(f"no label volume in {labels} for: {', '.join(found[c].name for c in missing[:10])} "
                             "(labels pair with images by file name)")
-        keep = {k: options[k] for k in ("window", "percentiles", "context", "classes") if k in options}
+        keep = {k: options[k] for k in cls.input_options if k in options}
         return cls(volumes=[(c, p, label_files.get(c)) for c, p in sorted(found.items())], preprocess=preprocess,
                    progress=progress, **keep)
 
