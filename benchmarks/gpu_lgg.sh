@@ -20,6 +20,14 @@
 #     TRAIN_S seconds at call 1's rate (a multiple of 1000, at most 10000: the full recipe),
 #     evaluates the 10 test patients and writes lgg_run.tar.gz (results.json, per-volume and
 #     per-slice CSVs, dsc.png, curves, GIFs; no checkpoints) and the log to $OUT.
+# Instead of call 2, AT ONCE after call 1: `bash benchmarks/gpu_lgg.sh cv`, carry ["gpu_lgg_2"],
+#     timeout_s 600: the 5-fold cross-validation by patient (`--folds 5 --fold i`, i = 0..4),
+#     the five folds trained side by side on the one GPU (each process limited to
+#     XLA_PYTHON_CLIENT_MEM_FRACTION, default 0.15, of its memory) for CV_STEPS steps each
+#     (default: as many as fit TRAIN_S seconds if the five together made call 1's rate, a
+#     multiple of 500, 1000 to 10000), then `unet_jax.crossval` over them; writes
+#     lgg_cv.tar.gz (each fold's results, per-volume CSV and dsc.png, and crossval/: the
+#     figure over the 50 patients) and the log to $OUT. Not yet run on a GPU.
 # Environment: PRECISION (bf16), TRAIN_S (330), ARCH (unet), FEATURES (32), CALIBRATION_STEPS
 # (200), STEPS (call 2's steps instead of the calibrated number). The host pipeline (one
 # thread, the default) made 1,240 augmented 256x256 training slices/s on a 2-vCPU EPYC, so
@@ -30,7 +38,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART="${1:-}"
-case "$PART" in 1|2) ;; *) echo "usage: bash benchmarks/gpu_lgg.sh 1|2 (see the header)" >&2; exit 2 ;; esac
+case "$PART" in 1|2|cv) ;; *) echo "usage: bash benchmarks/gpu_lgg.sh 1|2|cv (see the header)" >&2; exit 2 ;; esac
 OUT="${OUT:-/tmp/gpu_lgg_out}"
 mkdir -p "$OUT" gpu_lgg
 exec > >(tee "$OUT/gpu_lgg_$PART.log") 2>&1
@@ -63,14 +71,38 @@ rate = r["train_images_per_s"]
 steps = max(1000, min(10000, int(float(sys.argv[1]) * rate / 16) // 1000 * 1000))
 print(f"calibration: {rate:.0f} training images/s, first step {r['first_step_s']:.1f} s -> {steps} steps")
 open("gpu_lgg/steps", "w").write(str(steps))
+open("gpu_lgg/rate", "w").write(str(rate))
 EOF
     cp /tmp/lgg_calibration/results.json "$OUT/lgg_calibration.json"
 else
-    if [ ! -s gpu_lgg/steps ] || [ ! -e gpu_lgg/part1 ]; then
-        echo "gpu_lgg/ holds no part 1: this is a fresh machine; run call 1 again, then call 2 at once" >&2
+    if [ ! -s gpu_lgg/rate ] || [ ! -e gpu_lgg/part1 ]; then
+        echo "gpu_lgg/ holds no part 1: this is a fresh machine; run call 1 again, then call $PART at once" >&2
         exit 3
     fi
     python3 -m benchmarks.lgg_carry unpack gpu_lgg_2 --out gpu_lgg/kaggle_3m --complete || exit 3
+fi
+if [ "$PART" = cv ]; then
+    # TRAIN_S at call 1's rate, shared by five runs: a fifth each (a multiple of 500),
+    # unless the side-by-side rate is known better (CV_STEPS).
+    CV_STEPS="${CV_STEPS:-$(python3 -c "import sys; s = float(sys.argv[1]) * float(sys.argv[2]) / 16 / 5
+print(max(1000, min(10000, int(s) // 500 * 500)))" "$TRAIN_S" "$(cat gpu_lgg/rate)")}"
+    export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.15}"
+    echo "== 5 folds side by side, $CV_STEPS steps each, from $(date -u +%T)"
+    rm -rf gpu_lgg/cv && mkdir -p gpu_lgg/cv
+    for i in 0 1 2 3 4; do
+        timeout 540 python3 -m experiments.brain_mri "${RECIPE[@]}" --data-dir gpu_lgg/kaggle_3m --folds 5 \
+            --fold "$i" --steps "$CV_STEPS" --eval-every 500 --log-every 100 --checkpoint-every 500 \
+            --workdir "gpu_lgg/cv/fold$i" --overwrite > "gpu_lgg/cv/fold$i.log" 2>&1 &
+    done
+    for i in 0 1 2 3 4; do
+        wait -n; echo "== a fold ended (exit $?) at $(date -u +%T)"
+    done
+    for i in 0 1 2 3 4; do echo "== fold $i:"; tail -n 3 "gpu_lgg/cv/fold$i.log"; done
+    python3 -m unet_jax.crossval gpu_lgg/cv/fold{0,1,2,3,4} --output gpu_lgg/cv/crossval
+    echo "== crossval exit $? at $(date -u +%T)"
+    tar czf "$OUT/lgg_cv.tar.gz" -C gpu_lgg --exclude '*/checkpoints' --exclude '*/predictions' \
+        --exclude '*/overlays' --exclude '*/tb' --exclude '*/gifs' cv
+elif [ "$PART" = 2 ]; then
     STEPS="${STEPS:-$(cat gpu_lgg/steps)}"
     echo "== training $STEPS steps from $(date -u +%T)"
     timeout 560 python3 -m experiments.brain_mri "${RECIPE[@]}" --data-dir gpu_lgg/kaggle_3m \
