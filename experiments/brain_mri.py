@@ -138,12 +138,10 @@ def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: 
     Several runs are an ensemble: each slice's probabilities are the mean of the runs'
     (they must share the input preprocessing, threshold and empty-case convention).
     `head_mask`: None keeps the runs' setting (runs from before the option had it off);
-    `tta`: each model's probabilities averaged with those of the slice's horizontal flip."""
+    `tta`: each slice's probabilities averaged with those of its horizontal flip."""
     from unet_jax.data.lgg import resolve_lgg_dir
     from unet_jax.evaluation import evaluate
-    from unet_jax.inference import flip_tta, mean_ensemble
-    from unet_jax.predictor import PredictorError, check_ensemble, load_run_state
-    from unet_jax.training.loop import make_predict_fn
+    from unet_jax.predictor import Predictor, PredictorError, check_ensemble, load_run_state
     from unet_jax.workdir import atomic_write_csv, atomic_write_json, prepare_workdir
 
     t0 = time.perf_counter()
@@ -166,13 +164,18 @@ def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: 
     if head_mask is not None:
         options["head_mask"] = head_mask
     dataset = data.get("lgg", preprocess=cfg.data.preprocess, progress=progress, **options)
-    states = [load_run_state(r, which=which)[2] for r in run_dirs]
+    # The predictor's ensemble (the mean of the runs' probabilities) and flip TTA, as
+    # unet_jax.predict computes them; the dataset above supplies the input.
+    predictor = Predictor(cfg=cfg, num_classes=dataset.num_classes, runs=tuple(str(r) for r in run_dirs),
+                          states=tuple(load_run_state(r, which=which)[2] for r in run_dirs))
     workdir = Path(workdir or f"runs/lgg-eval-{run_dirs[0].name}-{time.strftime('%Y%m%d-%H%M%S')}")
     prepare_workdir(workdir, overwrite=overwrite)
     reporter = dataset.test_reporter(workdir, ignore_empty=cfg.train.ignore_empty)
-    fns = [make_predict_fn(s) for s in states]
-    predict_fn = mean_ensemble([flip_tta(f, vertical=False) for f in fns] if tta else fns)
-    ev = evaluate(predict_fn, dataset.test(), dataset.preprocess, num_classes=dataset.num_classes,
+
+    def predict(batch):  # (1, H, W, C) -> (1, H, W)
+        return predictor.model_probs(batch[0], tta="hflip" if tta else False)[None]
+
+    ev = evaluate(predict, dataset.test(), dataset.preprocess, num_classes=dataset.num_classes,
                   threshold=cfg.train.threshold, ignore_empty=cfg.train.ignore_empty, restore=dataset.restore_probs,
                   on_image=lambda ex, probs, pred: reporter.add(ex, probs, pred), progress=progress, desc="evaluate")
     volumes = reporter.finish()
@@ -180,7 +183,7 @@ def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: 
     atomic_write_csv(workdir / "per_case.csv", ev.per_case)
     results = {"dataset": "lgg", "evaluated_run": str(run_dirs[0].resolve()),
                "evaluated_runs": [str(r.resolve()) for r in run_dirs], "ensemble": "mean" if len(run_dirs) > 1
-               else "none", "checkpoint": which, "step": int(states[0].step), "steps": [int(s.step) for s in states],
+               else "none", "checkpoint": which, "step": predictor.steps[0], "steps": list(predictor.steps),
                "tta": "hflip" if tta else "none", "data": dataset.describe(), "arch": cfg.model.arch,
                "archs": [c.model.arch for c in cfgs], "test": ev.summary,
                "volumes": volumes, "volumes_per_patient": reporter.per_volume_rows(),
