@@ -58,7 +58,8 @@ def test_an_ensemble_predicts_the_mean_of_its_runs(run_dir, tmp_path):
     # A second model: the same network with other weights (every parameter scaled).
     other = dataclasses.replace(one, states=(state.replace(params=jax.tree.map(lambda p: 1.5 * p, state.params)),))
     pair = dataclasses.replace(one, states=(state, other.states[0]), runs=("a", "b"))
-    x = one.preprocess(get_dataset("synthetic").test()[0].image)
+    example = get_dataset("synthetic").test()[0]
+    x = one.preprocess(example.image)
     p, q = one.model_probs(x), other.model_probs(x)
     assert np.abs(p - q).max() > 1e-3  # the two models differ
     # (p + q) / 2 of float32 values in [0, 1]: 1e-6 holds anywhere, as for TTA above.
@@ -68,7 +69,6 @@ def test_an_ensemble_predicts_the_mean_of_its_runs(run_dir, tmp_path):
     # The command with --run twice: a run and its copy, whose mean is the run's own prediction.
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    example = get_dataset("synthetic").test()[0]
     image, labels = tmp_path / "image.png", tmp_path / "labels"
     labels.mkdir()
     cv2.imwrite(str(image), example.image[..., ::-1])  # RGB -> BGR for OpenCV

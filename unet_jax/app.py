@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     from unet_jax.training.checkpoint import CheckpointError
 
     t0 = time.perf_counter()
+    runs = ", ".join(args.run)
     try:
         predictor = load_predictor(args.run, which=args.which)
     except (PredictorError, CheckpointError) as e:
@@ -300,20 +301,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         predictor(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8), **options)
     except PredictorError as e:
-        print(f"error: {', '.join(args.run)}: {e}", file=sys.stderr)
+        print(f"error: {runs}: {e}", file=sys.stderr)
         return 2
     print(f"model loaded and compiled in {time.perf_counter() - t0:.1f}s", flush=True)
     try:
         server = make_server(predictor, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
-                             options=options, run=", ".join(args.run))
+                             options=options, run=runs)
     except OSError as e:
         print(f"error: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 2
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {args.host}: anyone who can reach this port can use the model", flush=True)
     try:
-        print(f"unet-jax app: {', '.join(args.run)} (step {', '.join(map(str, predictor.steps))}, "
-              f"{predictor.num_classes} classes) at {server.url}"
+        print(f"unet-jax app: {runs} (step {server.info['step']}, {predictor.num_classes} classes) at {server.url}"
               "  (Ctrl-C to stop)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
