@@ -24,7 +24,6 @@ mean 83.6%, median 87.3%.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -141,22 +140,17 @@ def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: 
     `tta`: each slice's probabilities averaged with those of its horizontal flip."""
     from unet_jax.data.lgg import resolve_lgg_dir
     from unet_jax.evaluation import evaluate
-    from unet_jax.predictor import Predictor, PredictorError, check_ensemble, load_run_state
+    from unet_jax.predictor import Predictor, PredictorError, check_ensemble, load_run_config, load_run_state
     from unet_jax.workdir import atomic_write_csv, atomic_write_json, prepare_workdir
 
     t0 = time.perf_counter()
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise PredictorError("--evaluate needs at least one run folder")
-    cfgs = []
-    for run_dir in run_dirs:
-        if not (run_dir / "config.json").is_file():
-            raise PredictorError(f"{run_dir / 'config.json'} is missing: --evaluate needs the --workdir of a "
-                                 "training run")
-        cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    cfgs = [load_run_config(r) for r in run_dirs]
+    for run_dir, cfg in zip(run_dirs, cfgs):
         if cfg.data.dataset != "lgg":
             raise PredictorError(f"{run_dir} was trained on {cfg.data.dataset!r}, not on LGG")
-        cfgs.append(cfg)
     check_ensemble(run_dirs, cfgs, **({} if head_mask is None else {"head_mask": head_mask}))
     cfg = cfgs[0]
     options = {**cfg.data.options, "root": str(resolve_lgg_dir(data_dir)), "split": "all", "folds": None,

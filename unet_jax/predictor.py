@@ -43,7 +43,7 @@ from unet_jax.training.state import TrainState
 from unet_jax.training.steps import eval_step
 
 __all__ = ["AUTO_WINDOW_PIXELS", "PredictorError", "Predictor", "check_ensemble", "input_signature",
-           "load_predictor", "load_run_state"]
+           "load_predictor", "load_run_config", "load_run_state"]
 
 # Above this many pixels (after --scale), the whole image is predicted window by window.
 AUTO_WINDOW_PIXELS = 2048 * 2048
@@ -150,8 +150,14 @@ class Predictor:
 def _read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise PredictorError(f"{path} is missing: {path.parent} is not a finished or running unet-jax run "
-                             f"({what}). Point --run at the folder a training command wrote (its --workdir).")
+                             f"({what}). Give the folder a training command wrote (its --workdir).")
     return json.loads(path.read_text())
+
+
+def load_run_config(workdir: str | Path) -> RunConfig:
+    """The configuration the run in `workdir` was trained with (its config.json); cheap, so
+    an ensemble's runs are checked against each other before any weights are restored."""
+    return RunConfig.from_dict(_read_json(Path(workdir) / "config.json", "the run's configuration"))
 
 
 def load_run_state(workdir: str | Path, which: Literal["best", "final"] = "best") -> tuple[RunConfig, dict, TrainState]:
@@ -165,7 +171,7 @@ def load_run_state(workdir: str | Path, which: Literal["best", "final"] = "best"
     workdir = Path(workdir)
     if which not in ("best", "final"):
         raise PredictorError(f"which must be 'best' or 'final', got {which!r}")
-    cfg = RunConfig.from_dict(_read_json(workdir / "config.json", "the run's configuration"))
+    cfg = load_run_config(workdir)
     info = _read_json(workdir / "dataset.json", "its classes and channels; runs made before dataset.json "
                                                "existed cannot be loaded")
     # Restoring needs only shapes, dtypes and placement: abstract them instead of compiling
@@ -217,8 +223,8 @@ def load_predictor(workdirs: str | os.PathLike | Sequence[str | os.PathLike],
     runs = [workdirs] if isinstance(workdirs, (str, os.PathLike)) else list(workdirs)
     if not runs:
         raise PredictorError("load_predictor needs at least one run folder")
+    check_ensemble(runs, [load_run_config(r) for r in runs])
     loaded = [load_run_state(r, which) for r in runs]
-    check_ensemble(runs, [cfg for cfg, _, _ in loaded])
     classes = {int(info["num_classes"]) for _, info, _ in loaded}
     channels = {int(info["channels"]) for _, info, _ in loaded}
     if len(classes) > 1 or len(channels) > 1:
