@@ -27,7 +27,11 @@
 #     (default: as many as fit TRAIN_S seconds if the five together made call 1's rate, a
 #     multiple of 500, 1000 to 10000), then `unet_jax.crossval` over them; writes
 #     lgg_cv.tar.gz (each fold's results, per-volume CSV and dsc.png, and crossval/: the
-#     figure over the 50 patients) and the log to $OUT. Not yet run on a GPU.
+#     figure over the 50 patients) and the log to $OUT. On an H200 (2026-11-27, after a call 1
+#     of 669 images/s: 2,500 steps by default) the call ran 255 s; with CV_STEPS=6000, 413 s
+#     (the five processes trained 2,470-2,590 images/s together, 3.7x one alone, so the
+#     default is cautious; 8000 steps should still fit the fold timeout, untried).
+#     benchmarks/results/gpu_lgg_cv-nvidia_h200-2026-11-27.log, lgg_gpu_crossval-nvidia_h200.json.
 # Environment: PRECISION (bf16), TRAIN_S (330), ARCH (unet), FEATURES (32), CALIBRATION_STEPS
 # (200), STEPS (call 2's steps instead of the calibrated number). The host pipeline (one
 # thread, the default) made 1,240 augmented 256x256 training slices/s on a 2-vCPU EPYC, so
