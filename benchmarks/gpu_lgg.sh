@@ -12,7 +12,9 @@
 # Call 1: command `bash benchmarks/gpu_lgg.sh 1`, carry ["gpu_lgg_1"], timeout_s 240.
 #     Installs the wheels and unpacks part 1 into gpu_lgg/ (git-ignored and not carried, so
 #     it stays on the machine), then trains the recipe 200 steps on those 25 patients (a
-#     seeded split) to measure training images/s, which sizes call 2's run.
+#     seeded split) to measure training images/s, which sizes call 2's run; then the same
+#     200 steps with COMPARE_WORKERS (8) grain worker processes, timed only (about a minute
+#     more; checked end to end on a CPU with tiny settings, not yet on a GPU).
 # Call 2, AT ONCE (the machine stays warm 30 s): `bash benchmarks/gpu_lgg.sh 2`,
 #     carry ["gpu_lgg_2"], timeout_s 600. Unpacks part 2 beside part 1 (checks that all 50
 #     patients are there, else exit 3: the machine was a fresh one, start again at call 1),
@@ -33,9 +35,12 @@
 #     default is cautious; 8000 steps should still fit the fold timeout, untried).
 #     benchmarks/results/gpu_lgg_cv-nvidia_h200-2026-11-27.log, lgg_gpu_crossval-nvidia_h200.json.
 # Environment: PRECISION (bf16), TRAIN_S (330), ARCH (unet), FEATURES (32), CALIBRATION_STEPS
-# (200), STEPS (call 2's steps instead of the calibrated number). The host pipeline (one
-# thread, the default) made 1,240 augmented 256x256 training slices/s on a 2-vCPU EPYC, so
-# the GPU step, not the pipeline, should set the rate. Sized from CPU timings (reading the
+# (200), STEPS (call 2's steps instead of the calibrated number), WORKERS (0: the host
+# pipeline in one thread of the process; N: grain worker processes), COMPARE_WORKERS (8: call
+# 1 also times the calibration with that many workers, about a minute more; empty: skip). The
+# host pipeline (one thread) made 1,240 augmented 256x256 training slices/s on a 2-vCPU EPYC,
+# yet one process trained only 669-961 images/s on an H200 where five side by side made 2,500
+# together: COMPARE_WORKERS says whether the pipeline or the step holds one process back. Sized from CPU timings (reading the
 # 50 volumes at 256x256 took 18 s there, caching the training slices 4 s):
 # call 2 = about 30 s before training + TRAIN_S + validation, checkpoints and the test
 # pictures (about 2 minutes) under its 560 s limit.
@@ -49,9 +54,9 @@ exec > >(tee "$OUT/gpu_lgg_$PART.log") 2>&1
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD/gpu_lgg/site:$PWD"
 PRECISION="${PRECISION:-bf16}" TRAIN_S="${TRAIN_S:-330}" ARCH="${ARCH:-unet}" FEATURES="${FEATURES:-32}"
-CALIBRATION_STEPS="${CALIBRATION_STEPS:-200}"
+CALIBRATION_STEPS="${CALIBRATION_STEPS:-200}" WORKERS="${WORKERS:-0}" COMPARE_WORKERS="${COMPARE_WORKERS-8}"
 RECIPE=(--arch "$ARCH" --features "$FEATURES" --image-size 256 --batch-size 16 --loss-per-image --uniform-share 0.5
-        --precision "$PRECISION" --cache-mb 8192 --no-progress)
+        --precision "$PRECISION" --cache-mb 8192 --workers "$WORKERS" --no-progress)
 echo "== part $PART, $(date -u +%T), $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1)"
 
 if [ "$PART" = 1 ]; then
@@ -78,6 +83,13 @@ open("gpu_lgg/steps", "w").write(str(steps))
 open("gpu_lgg/rate", "w").write(str(rate))
 EOF
     cp /tmp/lgg_calibration/results.json "$OUT/lgg_calibration.json"
+    for w in $COMPARE_WORKERS; do
+        timeout 120 python3 -m experiments.brain_mri "${RECIPE[@]}" --workers "$w" --data-dir gpu_lgg/kaggle_3m \
+            --steps "$CALIBRATION_STEPS" --eval-every "$CALIBRATION_STEPS" --log-every 50 \
+            --checkpoint-every "$CALIBRATION_STEPS" --workdir "/tmp/lgg_calibration_w$w" --overwrite
+        echo "== calibration with --workers $w: exit $? at $(date -u +%T)"
+        cp "/tmp/lgg_calibration_w$w/results.json" "$OUT/lgg_calibration_w$w.json"
+    done
 else
     if [ ! -s gpu_lgg/rate ] || [ ! -e gpu_lgg/part1 ]; then
         echo "gpu_lgg/ holds no part 1: this is a fresh machine; run call 1 again, then call $PART at once" >&2
