@@ -40,8 +40,9 @@
 # 1 also times the calibration with that many workers, about a minute more; empty: skip). The
 # host pipeline (one thread) made 1,240 augmented 256x256 training slices/s on a 2-vCPU EPYC,
 # yet one process trained only 669-961 images/s on an H200 where five side by side made 2,500
-# together: COMPARE_WORKERS says whether the pipeline or the step holds one process back. Sized from CPU timings (reading the
-# 50 volumes at 256x256 took 18 s there, caching the training slices 4 s):
+# together: COMPARE_WORKERS says whether the pipeline or the step holds one process back.
+# Sized from CPU timings (reading the 50 volumes at 256x256 took 18 s there, caching the
+# training slices 4 s):
 # call 2 = about 30 s before training + TRAIN_S + validation, checkpoints and the test
 # pictures (about 2 minutes) under its 560 s limit.
 set -uo pipefail
