@@ -70,10 +70,15 @@ if [ "$PART" = 1 ]; then
     touch gpu_lgg/part1
     rm -rf gpu_lgg/kaggle_3m
     python3 -m benchmarks.lgg_carry unpack gpu_lgg_1 --out gpu_lgg/kaggle_3m || exit 1
-    timeout 180 python3 -m experiments.brain_mri "${RECIPE[@]}" --data-dir gpu_lgg/kaggle_3m \
-        --steps "$CALIBRATION_STEPS" --eval-every "$CALIBRATION_STEPS" --log-every 50 \
-        --checkpoint-every "$CALIBRATION_STEPS" --workdir /tmp/lgg_calibration --overwrite
-    echo "== calibration exit $? at $(date -u +%T)"
+    # calibrate NAME SECONDS [FLAG...]: the recipe for CALIBRATION_STEPS on part 1, in /tmp/NAME.
+    calibrate() {
+        local name="$1" limit="$2"; shift 2
+        timeout "$limit" python3 -m experiments.brain_mri "${RECIPE[@]}" "$@" --data-dir gpu_lgg/kaggle_3m \
+            --steps "$CALIBRATION_STEPS" --eval-every "$CALIBRATION_STEPS" --log-every 50 \
+            --checkpoint-every "$CALIBRATION_STEPS" --workdir "/tmp/$name" --overwrite
+        echo "== $name exit $? at $(date -u +%T)"
+    }
+    calibrate lgg_calibration 180
     python3 - "$TRAIN_S" <<'EOF' || exit 1
 import json, sys
 r = json.load(open("/tmp/lgg_calibration/results.json"))
@@ -85,10 +90,7 @@ open("gpu_lgg/rate", "w").write(str(rate))
 EOF
     cp /tmp/lgg_calibration/results.json "$OUT/lgg_calibration.json"
     for w in $COMPARE_WORKERS; do
-        timeout 120 python3 -m experiments.brain_mri "${RECIPE[@]}" --workers "$w" --data-dir gpu_lgg/kaggle_3m \
-            --steps "$CALIBRATION_STEPS" --eval-every "$CALIBRATION_STEPS" --log-every 50 \
-            --checkpoint-every "$CALIBRATION_STEPS" --workdir "/tmp/lgg_calibration_w$w" --overwrite
-        echo "== calibration with --workers $w: exit $? at $(date -u +%T)"
+        calibrate "lgg_calibration_w$w" 120 --workers "$w"
         cp "/tmp/lgg_calibration_w$w/results.json" "$OUT/lgg_calibration_w$w.json"
     done
 else
