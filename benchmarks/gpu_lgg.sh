@@ -34,6 +34,10 @@
 #     (the five processes trained 2,470-2,590 images/s together, 3.7x one alone, so the
 #     default is cautious; 8000 steps should still fit the fold timeout, untried).
 #     benchmarks/results/gpu_lgg_cv-nvidia_h200-2026-11-27.log, lgg_gpu_crossval-nvidia_h200.json.
+# Another network: the same ARCH for call 1 and call 2 / cv (call 1's rate sizes the steps
+#     of that network only: call 2 / cv exit 4 at once when the two differ and neither STEPS
+#     nor CV_STEPS is given), e.g. `ARCH=attention_unet bash benchmarks/gpu_lgg.sh 1`, then
+#     `ARCH=attention_unet bash benchmarks/gpu_lgg.sh cv`.
 # Environment: PRECISION (bf16), TRAIN_S (330), ARCH (unet), FEATURES (32), CALIBRATION_STEPS
 # (200), STEPS (call 2's steps instead of the calibrated number), WORKERS (0: the host
 # pipeline in one thread of the process; N: grain worker processes), COMPARE_WORKERS (8: call
@@ -88,6 +92,7 @@ print(f"calibration: {rate:.0f} training images/s, first step {r['first_step_s']
 open("gpu_lgg/steps", "w").write(str(steps))
 open("gpu_lgg/rate", "w").write(str(rate))
 EOF
+    echo "$ARCH" > gpu_lgg/arch
     cp /tmp/lgg_calibration/results.json "$OUT/lgg_calibration.json"
     for w in $COMPARE_WORKERS; do
         calibrate "lgg_calibration_w$w" 120 --workers "$w"
@@ -97,6 +102,12 @@ else
     if [ ! -s gpu_lgg/rate ] || [ ! -e gpu_lgg/part1 ]; then
         echo "gpu_lgg/ holds no part 1: this is a fresh machine; run call 1 again, then call $PART at once" >&2
         exit 3
+    fi
+    # call 1's rate sizes this call's steps only for the architecture it timed
+    if [ "$(cat gpu_lgg/arch 2>/dev/null)" != "$ARCH" ] && [ -z "${STEPS:-}${CV_STEPS:-}" ]; then
+        echo "call 1 timed ARCH=$(cat gpu_lgg/arch 2>/dev/null || echo '?'), this call trains ARCH=$ARCH:" \
+             "run call 1 again with ARCH=$ARCH, or give STEPS (call 2) / CV_STEPS (cv)" >&2
+        exit 4
     fi
     python3 -m benchmarks.lgg_carry unpack gpu_lgg_2 --out gpu_lgg/kaggle_3m --complete || exit 3
 fi
