@@ -91,8 +91,8 @@ steps = max(1000, min(10000, int(float(sys.argv[1]) * rate / 16) // 1000 * 1000)
 print(f"calibration: {rate:.0f} training images/s, first step {r['first_step_s']:.1f} s -> {steps} steps")
 open("gpu_lgg/steps", "w").write(str(steps))
 open("gpu_lgg/rate", "w").write(str(rate))
+open("gpu_lgg/arch", "w").write(r["arch"])
 EOF
-    echo "$ARCH" > gpu_lgg/arch
     cp /tmp/lgg_calibration/results.json "$OUT/lgg_calibration.json"
     for w in $COMPARE_WORKERS; do
         calibrate "lgg_calibration_w$w" 120 --workers "$w"
@@ -103,8 +103,9 @@ else
         echo "gpu_lgg/ holds no part 1: this is a fresh machine; run call 1 again, then call $PART at once" >&2
         exit 3
     fi
-    # call 1's rate sizes this call's steps only for the architecture it timed
-    if [ "$(cat gpu_lgg/arch 2>/dev/null)" != "$ARCH" ] && [ -z "${STEPS:-}${CV_STEPS:-}" ]; then
+    # call 1's rate sizes this call's steps (unless given) only for the architecture it timed
+    if [ "$PART" = cv ]; then GIVEN="${CV_STEPS:-}"; else GIVEN="${STEPS:-}"; fi
+    if [ "$(cat gpu_lgg/arch 2>/dev/null)" != "$ARCH" ] && [ -z "$GIVEN" ]; then
         echo "call 1 timed ARCH=$(cat gpu_lgg/arch 2>/dev/null || echo '?'), this call trains ARCH=$ARCH:" \
              "run call 1 again with ARCH=$ARCH, or give STEPS (call 2) / CV_STEPS (cv)" >&2
         exit 4
