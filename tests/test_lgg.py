@@ -343,6 +343,23 @@ def test_validation_carving_holds_out_whole_cases_and_keeps_drive_behaviour(seed
     assert val_cases == {f"p{i}" for i in _old_split(6, 2, seed)}
 
 
+def test_learning_curve_splits_halve_fold_0s_training_patients():
+    """The two half splits keep `--folds 5 --fold 0`'s test patients and the validation
+    patients the engine carves there (seed 0, 10%), and share its other 36 between them."""
+    s50 = json.loads(SPLIT_50.read_text())
+    patients = sorted(s50["train"] + s50["val"] + s50["test"])
+    test = fold_patients(patients, 5, 0)[0]
+    rest = [p for p in patients if p not in test]
+    # The LGG training source lists slices patient by patient, in sorted order: 3 each here.
+    slices = _CaseSource([p for p in rest for _ in range(3)])
+    fit, val = split_train_val(RunConfig(data=DataConfig(val_size=0.1)), slices)
+    halves = [json.loads((SPLIT_50.parent / f"lgg_50_fold0_{name}.json").read_text())
+              for name in ("half", "other_half")]
+    for h in halves:
+        assert h["test"] == test and h["val"] == sorted(set(val.cases)) and len(h["train"]) == 18
+    assert sorted(halves[0]["train"] + halves[1]["train"]) == sorted(set(fit.cases))
+
+
 # ----------------------------------------------------------------------------- sampling
 
 
