@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--uniform-share", type=float, default=0.1,
                    help="slices are drawn in proportion to their abnormal area plus this share spread uniformly "
                         "over each patient's slices; negative: uniform sampling")
+    g.add_argument("--patient-weight-power", type=float, default=0.0,
+                   help="training patients drawn with probability proportional to their abnormal volume to the "
+                        "power -POWER, so small lesions are seen more often (1: each lesion contributes equal "
+                        "abnormal area; patients without abnormality count as a median one); 0: every patient "
+                        "equally likely, as the reference")
     g.add_argument("--context", type=int, default=0,
                    help="2.5D: the neighbouring slices on each side as extra channels (3 per slice)")
     g.add_argument("--aug-scale", type=float, default=0.05, help="random zoom by up to this fraction")
@@ -116,7 +121,8 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
         "root": str(resolve_lgg_dir(a.data_dir)), "split": a.split, "split_seed": a.split_seed,
         "val_fraction": a.val_fraction, "test_fraction": a.test_fraction, "folds": a.folds, "fold": a.fold,
         "crop": a.crop, "rescale": a.rescale, "standardize": a.standardize, "head_mask": a.head_mask is not False,
-        "uniform_share": a.uniform_share if a.uniform_share >= 0 else None, "context": a.context}
+        "uniform_share": a.uniform_share if a.uniform_share >= 0 else None,
+        "patient_weight_power": a.patient_weight_power, "context": a.context}
     pre = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore", image_size=a.image_size)
     dataset = data.get("lgg", preprocess=pre, progress=a.progress, **options)
     cfg = RunConfig(

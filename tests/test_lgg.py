@@ -21,7 +21,7 @@ from unet_jax import metrics
 from unet_jax.config import AugmentConfig, DataConfig, PreprocessConfig, RunConfig
 from unet_jax.data import DataError, Example, InMemorySource
 from unet_jax.data.imageio import read_mask
-from unet_jax.data.lgg import LggDataset, fold_patients, list_patients, make_patient_split
+from unet_jax.data.lgg import LggDataset, fold_patients, list_patients, make_patient_split, patient_sampling_weights
 from unet_jax.data.pipeline import PatchSampler
 from unet_jax.predictor import PredictorError
 from unet_jax.training.run import split_train_val
@@ -399,6 +399,63 @@ def test_lgg_sampling_weights_follow_area_plus_uniform_share(tmp_path):
     np.testing.assert_allclose(w.sum(), 1.0)
     assert LggDataset(tmp_path, split=tmp_path / "split.json", uniform_share=None, preprocess=PRE,
                       progress=False).sampling_weights(ds.train()) is None
+
+
+def test_lgg_patient_weight_power_draws_small_lesions_more_often(tmp_path):
+    labels = {p: write_patient(tmp_path, p, n, seed=i) for i, (p, n) in enumerate([("P_1", 5), ("P_2", 4), ("P_3", 1)])}
+    write_patient(tmp_path, "P_4", 2, seed=3)
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["P_1", "P_2", "P_3"], "val": [], "test": ["P_4"]}))
+
+    def weights(power, share=0.25):
+        ds = LggDataset(tmp_path, split=tmp_path / "split.json", uniform_share=share, patient_weight_power=power,
+                        preprocess=PRE, progress=False)
+        cases = np.array(ds.train().cases)
+        return {p: ds.sampling_weights(ds.train())[cases == p] for p in ("P_1", "P_2", "P_3")}
+
+    totals = {p: sum(int(m.sum()) for m in labels[p].values()) for p in labels}
+    assert sorted(totals.values()) == [10, 40, 90]  # abnormal pixels: slice k has 10 k where k is odd
+    base, inverse, half = weights(0.0), weights(1.0), weights(0.5)
+    for p in base:
+        # The slices of a patient keep their area-weighted proportions; only the patient's mass changes.
+        np.testing.assert_allclose(inverse[p] / inverse[p].sum(), base[p] / base[p].sum(), rtol=1e-12)
+        np.testing.assert_allclose(base[p].sum(), 1 / 3, rtol=1e-12)
+    # Power 1: every patient's probability times its abnormal volume is the same.
+    mass = [inverse[p].sum() * totals[p] for p in base]
+    np.testing.assert_allclose(mass, mass[0], rtol=1e-12)
+    # Power 1/2: probability ratios are the square roots of the volume ratios.
+    np.testing.assert_allclose(half["P_2"].sum() / half["P_1"].sum(), np.sqrt(totals["P_1"] / totals["P_2"]),
+                               rtol=1e-12)
+    # Uniform slices within each patient, patients still weighted.
+    flat = weights(1.0, share=None)
+    for p in base:
+        np.testing.assert_allclose(flat[p], inverse[p].sum() / len(flat[p]), rtol=1e-12)
+    with pytest.raises(DataError, match="--patient-weight-power"):
+        LggDataset(tmp_path, split=tmp_path / "split.json", patient_weight_power=-1, preprocess=PRE, progress=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.just(0), st.integers(1, 10**6)), min_size=1, max_size=12),
+       st.sampled_from([0.0, 0.5, 1.0, 2.0]))
+def test_patient_sampling_weights_formula(totals, power):
+    w = patient_sampling_weights(totals, power)
+    t = np.asarray(totals, float)
+    assert w.shape == t.shape and np.isclose(w.sum(), 1.0) and np.all(w > 0)
+    if power == 0 or not (t > 0).any():
+        np.testing.assert_allclose(w, 1 / len(t))
+        return
+    # Reference by hand: lesioned patients (v / median)^-power, the others as a median patient.
+    m = float(np.median(t[t > 0]))
+    ref = np.array([(v / m) ** -power if v > 0 else 1.0 for v in t])
+    np.testing.assert_allclose(w, ref / ref.sum(), rtol=1e-9)
+    # A smaller lesion is never drawn less often than a larger one.
+    order = np.argsort(t[t > 0], kind="stable")
+    assert np.all(np.diff(w[t > 0][order]) <= 1e-15)
+
+
+def test_patient_sampling_weights_reject_bad_totals():
+    for bad in ([], [1, -2], [float("nan")]):
+        with pytest.raises(ValueError, match="patient totals"):
+            patient_sampling_weights(bad, 1.0)
 
 
 # ----------------------------------------------------------------------------- volume metrics

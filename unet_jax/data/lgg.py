@@ -52,7 +52,9 @@ engine), ``split="all"`` (every patient is a test patient: evaluating a trained 
 by default, a seeded split computed like the file.
 
 Training slices are drawn per patient, weighted towards slices with abnormality
-(:meth:`LggDataset.sampling_weights`, as in the reference).
+(:meth:`LggDataset.sampling_weights`, as in the reference); patients with small lesions
+can be drawn more often than the others (``patient_weight_power``,
+:func:`patient_sampling_weights`).
 
 A trained run is evaluated on other patients with ``python -m experiments.brain_mri
 --evaluate RUN --data-dir OTHER`` (this dataset's volume preprocessing). Not with
@@ -295,6 +297,11 @@ class LggDataset(Dataset):
       uniform_share: training slices are drawn with probability proportional to their
         abnormal area plus this share spread uniformly over the patient's slices (0.1 in
         the reference); None draws slices uniformly.
+      patient_weight_power: training patients are drawn with probability proportional to
+        their abnormal volume to the power ``-patient_weight_power``
+        (:func:`patient_sampling_weights`); 0 (default): each patient equally likely, as in
+        the reference; 1: each patient's lesion contributes as much abnormal area as any
+        other's, in expectation over the area-weighted slices.
       context: the c neighbouring slices on each side fed as extra channels (2.5D input:
         3 * (2c + 1) channels, slices k-c..k+c of three each; the end slices repeated at a
         volume's ends); 0: the slice alone.
@@ -327,6 +334,7 @@ class LggDataset(Dataset):
         standardize: bool = True,
         head_mask: bool = False,
         uniform_share: float | None = 0.1,
+        patient_weight_power: float = 0.0,
         context: int = 0,
         preprocess: PreprocessConfig = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore",
                                                         image_size=256),
@@ -340,6 +348,9 @@ class LggDataset(Dataset):
             raise DataError(f"--uniform-share {uniform_share}: must be >= 0")
         if context < 0:
             raise DataError(f"--context {context}: must be >= 0 (neighbouring slices on each side)")
+        if not np.isfinite(patient_weight_power) or patient_weight_power < 0:
+            raise DataError(f"--patient-weight-power {patient_weight_power}: must be >= 0 (0: every patient "
+                            "equally likely; 1: in inverse proportion to its abnormal volume)")
         self.context = int(context)
         if folders is None:
             self.root = resolve_lgg_dir(root)
@@ -349,6 +360,7 @@ class LggDataset(Dataset):
         self.crop, self.rescale, self.standardize, self.head_mask = crop, rescale, standardize, head_mask
         self.bright_background: dict[str, list[int]] = {}  # patient -> channels cleared outside the head
         self.uniform_share = uniform_share
+        self.patient_weight_power = float(patient_weight_power)
         if folders is None:
             available = list_patients(self.root)
             self._folders = {p: self.root / p for p in available}
@@ -546,21 +558,26 @@ class LggDataset(Dataset):
     def sampling_weights(self, source: Source) -> np.ndarray | None:
         """Per patient: slice probability ``(area + share * total / n) / (total * (1 + share))``
         (area: the slice's abnormal pixels, total: the patient's, n: its slices; uniform when
-        the patient has no abnormality), each patient equally likely (the reference picks a
-        patient uniformly, then a slice with these probabilities)."""
-        if self.uniform_share is None:
+        the patient has no abnormality or ``uniform_share`` is None), times the patient's
+        probability: equal for every patient by default (the reference picks a patient
+        uniformly, then a slice with these probabilities), else
+        :func:`patient_sampling_weights` of the totals. None: uniform over slices."""
+        if self.uniform_share is None and self.patient_weight_power == 0:
             return None
         cases, areas = _cases_and_areas(source)
         weights = np.zeros(len(cases), np.float64)
         by_case: dict[str, list[int]] = {}
         for i, c in enumerate(cases):
             by_case.setdefault(c, []).append(i)
-        for idx in by_case.values():
+        totals = [float(sum(areas[i] for i in idx)) for idx in by_case.values()]
+        patient_p = patient_sampling_weights(totals, self.patient_weight_power)
+        for idx, total, pp in zip(by_case.values(), totals, patient_p):
             a = np.asarray([areas[i] for i in idx], np.float64)
-            total = a.sum()
-            p = (a + self.uniform_share * total / len(a)) / (total * (1 + self.uniform_share)) if total > 0 else \
-                np.full(len(a), 1.0 / len(a))
-            weights[idx] = p / len(by_case)
+            if self.uniform_share is None or total == 0:
+                p = np.full(len(a), 1.0 / len(a))
+            else:
+                p = (a + self.uniform_share * total / len(a)) / (total * (1 + self.uniform_share))
+            weights[idx] = p * pp
         return weights
 
     def test_reporter(self, workdir: Any, *, ignore_empty: bool = True) -> Any:
@@ -606,8 +623,10 @@ class LggDataset(Dataset):
                 "preprocessing": {"crop": self.crop, "rescale": self.rescale, "standardize": self.standardize,
                                   "head_mask": self.head_mask, "bright_background": self.bright_background,
                                   "image_size": self.preprocessing.image_size, "context": self.context},
-                "sampling": "uniform" if self.uniform_share is None else
-                f"area-weighted per patient, uniform share {self.uniform_share}",
+                "sampling": ("uniform" if self.uniform_share is None else
+                             f"area-weighted per patient, uniform share {self.uniform_share}")
+                + (f"; patients weighted by abnormal volume ** -{self.patient_weight_power}"
+                   if self.patient_weight_power else ""),
                 "evaluation_grid": "stored 256x256 masks (predictions mapped back through the crop box)"}
 
 
@@ -625,6 +644,25 @@ class _SliceWriter:
 
     def finish(self) -> list[Path]:
         return self.files
+
+
+def patient_sampling_weights(totals: Sequence[float], power: float) -> np.ndarray:
+    """Probability of drawing each patient: ``(total / m) ** -power``, normalised to sum to 1.
+
+    `totals`: each patient's abnormal volume (voxels, > 0 or 0); m: the median of the
+    nonzero totals. A patient without abnormality is weighted as a median one (1), since
+    its volume gives no lesion size to balance. ``power`` 0: every patient equally likely;
+    1: patient probability times abnormal volume is the same for every lesioned patient.
+    Shape: (P,) -> (P,), float64.
+    """
+    t = np.asarray(totals, np.float64)
+    if t.ndim != 1 or t.size == 0 or np.any(t < 0) or not np.all(np.isfinite(t)):
+        raise ValueError(f"patient totals must be a non-empty list of volumes >= 0, got {totals!r}")
+    w = np.ones_like(t)
+    lesioned = t > 0
+    if power and lesioned.any():
+        w[lesioned] = (t[lesioned] / np.median(t[lesioned])) ** -power
+    return w / w.sum()
 
 
 def _cases_and_areas(source: Source) -> tuple[list[str], list[int]]:
