@@ -10,7 +10,8 @@ The data folder (``kaggle_3m``: one folder per patient) comes from --data-dir, e
 ``$UNET_JAX_LGG_DIR``, else ``./data/kaggle_3m``. Slices are preprocessed per volume (crop to
 the brain, pad to a square, resize to --image-size, 10th-99th percentile rescale,
 per-channel standardisation), drawn for training with probability weighted towards slices
-with abnormality (--uniform-share), augmented by zoom, rotation, horizontal flips and FLAIR
+with abnormality (--uniform-share), patients alike or small lesions more often
+(--patient-weight-power), augmented by zoom, rotation, horizontal flips and FLAIR
 in place of the other sequences at random (--flair-substitute).
 Validation patients choose the best checkpoint; test patients give the reported figures,
 computed on the stored 256x256 masks: per-patient Dice (every voxel of a patient pooled)
