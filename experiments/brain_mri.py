@@ -71,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "over each patient's slices; negative: uniform sampling")
     g.add_argument("--patient-weight-power", type=float, default=0.0,
                    help="training patients drawn with probability proportional to their abnormal volume to the "
-                        "power -POWER, so small lesions are seen more often (1: each lesion contributes equal "
-                        "abnormal area; patients without abnormality count as a median one); 0: every patient "
-                        "equally likely, as the reference")
+                        "power -POWER, so small lesions are seen more often (1: in inverse proportion; patients "
+                        "without abnormality count as a median one); 0: every patient equally likely, as the "
+                        "reference")
     g.add_argument("--context", type=int, default=0,
                    help="2.5D: the neighbouring slices on each side as extra channels (3 per slice)")
     g.add_argument("--aug-scale", type=float, default=0.05, help="random zoom by up to this fraction")

@@ -300,8 +300,7 @@ class LggDataset(Dataset):
       patient_weight_power: training patients are drawn with probability proportional to
         their abnormal volume to the power ``-patient_weight_power``
         (:func:`patient_sampling_weights`); 0 (default): each patient equally likely, as in
-        the reference; 1: each patient's lesion contributes as much abnormal area as any
-        other's, in expectation over the area-weighted slices.
+        the reference; 1: in inverse proportion to the abnormal volume.
       context: the c neighbouring slices on each side fed as extra channels (2.5D input:
         3 * (2c + 1) channels, slices k-c..k+c of three each; the end slices repeated at a
         volume's ends); 0: the slice alone.
