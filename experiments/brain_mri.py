@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--uniform-share", type=float, default=0.1,
                    help="slices are drawn in proportion to their abnormal area plus this share spread uniformly "
                         "over each patient's slices; negative: uniform sampling")
-    g.add_argument("--patient-weight-power", type=float, default=0.0,
+    g.add_argument("--patient-weight-power", type=float, default=0.0, metavar="POWER",
                    help="training patients drawn with probability proportional to their abnormal volume to the "
                         "power -POWER, so small lesions are seen more often (1: in inverse proportion; patients "
                         "without abnormality count as a median one); 0: every patient equally likely, as the "
