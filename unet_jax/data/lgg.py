@@ -568,10 +568,10 @@ class LggDataset(Dataset):
         by_case: dict[str, list[int]] = {}
         for i, c in enumerate(cases):
             by_case.setdefault(c, []).append(i)
-        totals = [float(sum(areas[i] for i in idx)) for idx in by_case.values()]
+        case_areas = [np.asarray([areas[i] for i in idx], np.float64) for idx in by_case.values()]
+        totals = [a.sum() for a in case_areas]
         patient_p = patient_sampling_weights(totals, self.patient_weight_power)
-        for idx, total, pp in zip(by_case.values(), totals, patient_p):
-            a = np.asarray([areas[i] for i in idx], np.float64)
+        for idx, a, total, pp in zip(by_case.values(), case_areas, totals, patient_p):
             if self.uniform_share is None or total == 0:
                 p = np.full(len(a), 1.0 / len(a))
             else:
