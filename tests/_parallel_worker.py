@@ -25,7 +25,8 @@ def setup(bn_axis_name=None):
     from unet_jax.config import TrainConfig
     from unet_jax.training.state import create_train_state
 
-    cfg = TrainConfig(steps=STEPS, batch_size=BATCH, warmup_steps=2, log_every=10, eval_every=10**6)
+    # With a moving average of the weights, so the sharded steps are checked to keep it too.
+    cfg = TrainConfig(steps=STEPS, batch_size=BATCH, warmup_steps=2, log_every=10, eval_every=10**6, ema_decay=0.9)
     model = models.create("unet", features=4, depth=2, in_channels=1, bn_axis_name=bn_axis_name)
     state = create_train_state(model, cfg, (1, PATCH, PATCH, 1), jax.random.key(0))
     rng = np.random.default_rng(0)
@@ -42,7 +43,8 @@ def setup(bn_axis_name=None):
 
 
 def train(state, batches, cfg, mesh):
-    """fit() over `batches`; returns (flat float64 vector of params + batch stats, FitStats)."""
+    """fit() over `batches`; returns (flat float64 vector of params, batch stats and their
+    moving average, FitStats)."""
     import jax
     import numpy as np
 
@@ -50,7 +52,7 @@ def train(state, batches, cfg, mesh):
     from unet_jax.training.loop import fit
 
     state, stats = fit(state, iter(batches), cfg=cfg, loss_fn=losses.bce_dice_loss, progress=False, mesh=mesh)
-    leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
+    leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats, state.ema)))
     return np.concatenate([np.ravel(x).astype(np.float64) for x in leaves]), stats
 
 
@@ -76,7 +78,7 @@ def train_on_device(state, cfg, mesh):
     cfg = dataclasses.replace(cfg, steps_per_call=2)
     state, stats = fit(state.replace(data_rng=sampler_key(0)), data, cfg=cfg, loss_fn=losses.bce_dice_loss,
                        progress=False, mesh=mesh, sampler=DeviceSampler(patch_size=PATCH, foreground_bias=0.5))
-    leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
+    leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats, state.ema)))
     return np.concatenate([np.ravel(x).astype(np.float64) for x in leaves]), stats
 
 
@@ -108,7 +110,7 @@ def main(out_dir: str, n: int) -> None:
     step = jax.jit(functools.partial(train_step, loss_fn=losses.bce_dice_loss))
     for b in batches:
         state, _ = step(state, b)
-    leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
+    leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats, state.ema)))
     p_plain = np.concatenate([np.ravel(x).astype(np.float64) for x in leaves])
 
     facts = {"devices": n, "traces": s_sync.step_traces, "cache_size": s_sync.step_cache_size,

@@ -47,6 +47,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="the loss's overlap term (Dice, IoU, Tversky) per image, then averaged, instead of pooled "
                         "over the batch (small lesions weigh as much as large ones); keep a BCE term (bce_dice) where "
                         "images can be empty: per image, Dice alone hardly penalises false positives on them")
+    g.add_argument("--ema-decay", type=float, default=t.ema_decay, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.999: about the last 1000 steps) "
+                        "and validate, test and save predictors with it; 0 (default): the live weights")
     g.add_argument("--seed", type=int, default=t.seed)
     g.add_argument("--eval-every", type=int, default=t.eval_every)
     g.add_argument("--log-every", type=int, default=t.log_every)
@@ -124,7 +127,7 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
         weight_decay=a.weight_decay, loss=a.loss, loss_per_image=a.loss_per_image, seed=a.seed,
         eval_every=a.eval_every, log_every=a.log_every, threshold=a.threshold, ignore_empty=a.ignore_empty,
         select=a.select, precision=a.precision, bn_sync=a.bn_sync, checkpoint_every=a.checkpoint_every, keep=a.keep,
-        steps_per_call=a.steps_per_call,
+        steps_per_call=a.steps_per_call, ema_decay=a.ema_decay,
     )
 
 

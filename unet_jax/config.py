@@ -241,6 +241,9 @@ class TrainConfig:
     # counts at which something happens must be multiples of K: one program per run.
     # 0: automatic (see `resolved_steps_per_call`).
     steps_per_call: int = 0
+    # Exponential moving average of the weights (and batch-norm statistics), updated every
+    # step; validation, test and saved predictors use it. 0: off (the live weights).
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         _check("train", [
@@ -259,6 +262,7 @@ class TrainConfig:
             ("precision", self.precision in ("fp32", "bf16"), "one of fp32, bf16"),
             ("checkpoint_every", self.checkpoint_every >= 1, "must be >= 1"),
             ("keep", self.keep >= 1, "must be >= 1"),
+            ("ema_decay", 0 <= self.ema_decay < 1, "must be in [0, 1) (0: no moving average)"),
             ("steps_per_call", self.steps_per_call == 0 or self.steps_per_call >= 1 and all(
                 n % self.steps_per_call == 0
                 for n in (self.steps, self.log_every, self.eval_every, self.checkpoint_every)),

@@ -38,6 +38,9 @@ from unet_jax.workdir import atomic_write_bytes, read_jsonl
 
 ITEMS = ("state", "data", "meta")
 
+# TrainState fields added after checkpoints were first written; None when unused.
+OPTIONAL_FIELDS = frozenset({"data_rng", "ema"})
+
 # Config fields that do not change the training math and may differ on --resume (the
 # data's location may move with the run, e.g. to another machine).
 RESUME_FREE = {
@@ -170,19 +173,24 @@ class Checkpointer:
         frozen = _FrozenIteratorState()
         if (step_dir / "data").exists():
             items["data"] = grain.checkpoint.CheckpointRestore(frozen)
-        try:
-            restored = manager.restore(step, args=ocp.args.Composite(**items))
-            state = restored["state"]
-        except ValueError as e:
-            # Checkpoints written before TrainState.data_rng existed lack the field; a state
-            # without a sampler key (None) restores from the fields they have.
-            if "data_rng" not in str(e) or getattr(template, "data_rng", 0) is not None:
-                raise
-            fields = {f.name: getattr(template, f.name) for f in dataclasses.fields(template)
-                      if f.metadata.get("pytree_node", True) and f.name != "data_rng"}
-            items["state"] = ocp.args.StandardRestore(_abstract(fields))
-            restored = manager.restore(step, args=ocp.args.Composite(**items))
-            state = template.replace(**restored["state"])
+        left_out: set[str] = set()
+        while True:
+            try:
+                restored = manager.restore(step, args=ocp.args.Composite(**items))
+                break
+            except ValueError as e:
+                # Checkpoints written before an optional TrainState field existed (data_rng,
+                # ema) lack it; a template where that field is None (no sampler key, no
+                # moving average) restores from the fields they have.
+                missing = {name for name in OPTIONAL_FIELDS - left_out
+                           if name in str(e) and getattr(template, name, 0) is None}
+                if not missing:
+                    raise
+                left_out |= missing
+                fields = {f.name: getattr(template, f.name) for f in dataclasses.fields(template)
+                          if f.metadata.get("pytree_node", True) and f.name not in left_out}
+                items["state"] = ocp.args.StandardRestore(_abstract(fields))
+        state = template.replace(**restored["state"]) if left_out else restored["state"]
         return state, frozen.state if "data" in items else None, dict(restored["meta"])
 
     def discard_after(self, step: int) -> None:

@@ -8,18 +8,42 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 
 from unet_jax.config import TrainConfig
 
 
 class TrainState(train_state.TrainState):
-    """flax's TrainState plus batch-norm running statistics (empty dict without BN) and,
+    """flax's TrainState plus batch-norm running statistics (empty dict without BN);
     with device-resident data, the patch sampler's raw uint32 key (None otherwise): in the
-    state, so it is checkpointed with the weights and a resumed run draws the same patches."""
+    state, so it is checkpointed with the weights and a resumed run draws the same patches;
+    and with ``ema_decay > 0`` an exponential moving average of the weights, ``ema``
+    (``{"params", "batch_stats"}``; None otherwise), which evaluation uses instead of the
+    live weights (:meth:`eval_variables`)."""
 
     batch_stats: Any = None
     data_rng: Any = None
+    ema: Any = None
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+    def apply_gradients(self, *, grads: Any, **kwargs: Any) -> "TrainState":
+        """flax's update, then the average: ``ema <- d_t * ema + (1 - d_t) * new``, with
+        ``d_t = min(ema_decay, (1 + t) / (10 + t))`` at the new step ``t`` (TensorFlow's
+        ``ExponentialMovingAverage`` with ``num_updates``), so the first steps do not keep
+        the random initial weights in the average for thousands of steps."""
+        new = super().apply_gradients(grads=grads, **kwargs)
+        if self.ema is None:
+            return new
+        decay = jnp.minimum(self.ema_decay, (1.0 + new.step) / (10.0 + new.step))
+        live = {"params": new.params, "batch_stats": new.batch_stats}
+        return new.replace(ema=optax.incremental_update(live, self.ema, 1.0 - decay))
+
+    def eval_variables(self) -> dict[str, Any]:
+        """The variables evaluation applies: the moving average when kept, else the live weights."""
+        if self.ema is not None:
+            return self.ema
+        return {"params": self.params, "batch_stats": self.batch_stats}
 
 
 def make_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -50,13 +74,20 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 def create_train_state(
     model: nn.Module, cfg: TrainConfig, input_shape: tuple[int, ...], rng: jax.Array
 ) -> TrainState:
-    """Initialises parameters on a dummy batch of `input_shape` (N, H, W, C)."""
+    """Initialises parameters on a dummy batch of `input_shape` (N, H, W, C); with
+    ``cfg.ema_decay > 0`` the moving average starts as a copy of them."""
     variables = init_variables(model, input_shape, rng)
+    batch_stats = variables.get("batch_stats", {})
+    # A copy: the train step donates the state, and one buffer cannot be donated twice.
+    ema = jax.tree.map(jnp.copy, {"params": variables["params"], "batch_stats": batch_stats}) \
+        if cfg.ema_decay > 0 else None
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         tx=make_optimizer(cfg),
-        batch_stats=variables.get("batch_stats", {}),
+        batch_stats=batch_stats,
+        ema=ema,
+        ema_decay=cfg.ema_decay,
     )
 
 

@@ -55,12 +55,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], loss_fn: LossFn) 
 
 
 def eval_step(state: TrainState, images: jax.Array) -> jax.Array:
-    """Probabilities for full images (N,H,W,C), batch norm in inference mode.
+    """Probabilities for full images (N,H,W,C), batch norm in inference mode, from the
+    state's moving average of the weights when it keeps one (``--ema-decay``).
 
     One output channel (a binary task): the foreground probability, (N,H,W). Several:
     the softmax over classes, (N,H,W,classes).
     """
-    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+    logits = state.apply_fn(state.eval_variables(), images, train=False)
     logits = logits.astype(jnp.float32)
     if logits.shape[-1] == 1:
         return jax.nn.sigmoid(logits[..., 0])
