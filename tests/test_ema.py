@@ -103,6 +103,7 @@ def test_a_run_with_ema_saves_and_predicts_with_the_average(tmp_path, use_synthe
     wd = tmp_path / "run"
     assert drive.main(TINY + ["--ema-decay", "0.9", "--workdir", str(wd)]) == 0
     assert json.loads((wd / "config.json").read_text())["train"]["ema_decay"] == 0.9
+    assert "moving average of the weights (decay 0.9)" in json.loads((wd / "results.json").read_text())["test_params"]
     _, _, state = load_run_state(wd, which="final")
     assert state.ema_decay == 0.9 and int(state.step) == 12
     # After 12 steps at a 1e-2 learning rate the average and the live weights differ.

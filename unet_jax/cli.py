@@ -48,8 +48,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                         "over the batch (small lesions weigh as much as large ones); keep a BCE term (bce_dice) where "
                         "images can be empty: per image, Dice alone hardly penalises false positives on them")
     g.add_argument("--ema-decay", type=float, default=t.ema_decay, metavar="DECAY",
-                   help="keep an exponential moving average of the weights (e.g. 0.999: about the last 1000 steps) "
-                        "and validate, test and save predictors with it; 0 (default): the live weights")
+                   help="keep an exponential moving average of the weights and validate, test and save predictors "
+                        "with it; the decay at step t is min(DECAY, (1+t)/(10+t)), so a run of a few thousand steps "
+                        "averages over fewer than 1/(1-DECAY) steps; 0 (default): the live weights")
     g.add_argument("--seed", type=int, default=t.seed)
     g.add_argument("--eval-every", type=int, default=t.eval_every)
     g.add_argument("--log-every", type=int, default=t.log_every)

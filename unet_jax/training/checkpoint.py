@@ -2,7 +2,8 @@
 
 Layout under ``<workdir>/checkpoints``::
 
-    latest/<step>/state/   the TrainState (params, optimizer state, batch-norm stats, step)
+    latest/<step>/state/   the TrainState (params, optimizer state, batch-norm stats, step, and
+                           the moving average of the weights with --ema-decay)
     latest/<step>/data/    the grain iterator state, one JSON file per process
     latest/<step>/meta/    JSON: step, run facts (config, seed, workers, devices), best so far
     best/<step>/...        the same three items, for the best validation Dice so far
@@ -27,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +185,7 @@ class Checkpointer:
                 # ema) lack it; a template where that field is None (no sampler key, no
                 # moving average) restores from the fields they have.
                 missing = {name for name in OPTIONAL_FIELDS - left_out
-                           if name in str(e) and getattr(template, name, 0) is None}
+                           if re.search(rf"\b{name}\b", str(e)) and getattr(template, name, 0) is None}
                 if not missing:
                     raise
                 left_out |= missing

@@ -325,7 +325,8 @@ def write_results(workdir: Path, cfg: RunConfig, dataset: Dataset, ev: EvalResul
         "synthetic": dataset.synthetic,
         "arch": cfg.model.arch,
         "test": ev.summary,
-        "test_params": f"final (step {cfg.train.steps})",
+        "test_params": f"final (step {cfg.train.steps})" + (
+            f", moving average of the weights (decay {cfg.train.ema_decay})" if cfg.train.ema_decay else ""),
         "test_best_val": best_block,
         "first_step_s": stats.first_step_s,
         "train_images_per_s": stats.images_per_s,
