@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tta", choices=["none", "hflip"], default="none",
                    help="with --evaluate: test-time augmentation, the mean of each slice's and its horizontal "
                         "flip's probabilities (training flips horizontally only)")
+    g.add_argument("--live-weights", action="store_true",
+                   help="with --evaluate of runs trained with --ema-decay: their live weights instead of the moving "
+                        "average their own figures use (to see what the average changes)")
     cli.add_training_args(p)
     # The CPU recipe's training defaults (the reference trains 100 epochs at batch 16).
     # Best checkpoint by the validation patients' mean Dice: the figure reported on test patients.
@@ -138,13 +141,15 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
 
 def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: str | Path | None, *,
                  which: str = "best", overwrite: bool = False, progress: bool = True, head_mask: bool | None = None,
-                 tta: bool = False) -> dict[str, Any]:
+                 tta: bool = False, live_weights: bool = False) -> dict[str, Any]:
     """Trained LGG run(s) evaluated on every patient of `data_dir`; results in a new `workdir`.
 
     Several runs are an ensemble: each slice's probabilities are the mean of the runs'
     (they must share the input preprocessing, threshold and empty-case convention).
     `head_mask`: None keeps the runs' setting (runs from before the option had it off);
-    `tta`: each slice's probabilities averaged with those of its horizontal flip."""
+    `tta`: each slice's probabilities averaged with those of its horizontal flip;
+    `live_weights`: runs trained with a moving average of the weights are evaluated with
+    their live weights instead (every run must have the average)."""
     from unet_jax.data.lgg import resolve_lgg_dir
     from unet_jax.evaluation import evaluate
     from unet_jax.predictor import Predictor, PredictorError, check_ensemble, load_run_config, load_run_state
@@ -167,8 +172,16 @@ def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: 
     dataset = data.get("lgg", preprocess=cfg.data.preprocess, progress=progress, **options)
     # The predictor's ensemble (the mean of the runs' probabilities) and flip TTA, as
     # unet_jax.predict computes them; the dataset above supplies the input.
+    if live_weights:
+        plain = [str(r) for r, c in zip(run_dirs, cfgs) if not c.train.ema_decay]
+        if plain:
+            raise PredictorError(f"--live-weights: {', '.join(plain)} trained without --ema-decay; its figures "
+                                 "use the live weights already (leave the flag out)")
+    states = [load_run_state(r, which=which)[2] for r in run_dirs]
+    if live_weights:
+        states = [s.replace(ema=None) for s in states]  # eval_step then applies params and batch_stats
     predictor = Predictor(cfg=cfg, num_classes=dataset.num_classes, runs=tuple(str(r) for r in run_dirs),
-                          states=tuple(load_run_state(r, which=which)[2] for r in run_dirs))
+                          states=tuple(states))
     workdir = Path(workdir or f"runs/lgg-eval-{run_dirs[0].name}-{time.strftime('%Y%m%d-%H%M%S')}")
     prepare_workdir(workdir, overwrite=overwrite)
     reporter = dataset.test_reporter(workdir, ignore_empty=cfg.train.ignore_empty)
@@ -185,7 +198,9 @@ def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: 
     results = {"dataset": "lgg", "evaluated_run": str(run_dirs[0].resolve()),
                "evaluated_runs": [str(r.resolve()) for r in run_dirs], "ensemble": "mean" if len(run_dirs) > 1
                else "none", "checkpoint": which, "step": predictor.steps[0], "steps": list(predictor.steps),
-               "tta": "hflip" if tta else "none", "data": dataset.describe(), "arch": cfg.model.arch,
+               "tta": "hflip" if tta else "none",
+               "weights": "live" if live_weights else ("moving average" if cfg.train.ema_decay else "live"),
+               "data": dataset.describe(), "arch": cfg.model.arch,
                "archs": [c.model.arch for c in cfgs], "test": ev.summary,
                "volumes": volumes, "volumes_per_patient": reporter.per_volume_rows(),
                "total_wall_s": time.perf_counter() - t0,
@@ -211,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         evaluate_run(args.evaluate, args.data_dir, args.workdir, which=args.which, overwrite=args.overwrite,
-                     progress=args.progress, head_mask=args.head_mask, tta=args.tta == "hflip")
+                     progress=args.progress, head_mask=args.head_mask, tta=args.tta == "hflip",
+                     live_weights=args.live_weights)
     except (DataError, WorkdirError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -551,7 +551,7 @@ def test_reporter_scores_each_volume_and_writes_pictures(tmp_path):
 
 @pytest.mark.slow
 @needs_lgg
-def test_few_step_run_on_three_patients_writes_results_dsc_and_gifs(tmp_path):
+def test_few_step_run_on_three_patients_writes_results_dsc_and_gifs(tmp_path, capsys):
     """Training with 2.5D input (--context 1), evaluation of the run on another folder and
     prediction of patient folders."""
     from experiments import brain_mri
@@ -588,7 +588,13 @@ def test_few_step_run_on_three_patients_writes_results_dsc_and_gifs(tmp_path):
     assert [r["case"] for r in ev["volumes_per_patient"]] == split["test"]
     for key in ("dice", "dice_per_case_mean", "sensitivity", "num_images"):
         assert ev["test"][key] == pytest.approx(results["test"][key], abs=1e-6)
-    assert ev["tta"] == "none"
+    assert ev["tta"] == "none" and ev["weights"] == "live"
+    # --live-weights asks for the weights behind a moving average this run never kept.
+    capsys.readouterr()
+    assert brain_mri.main(["--evaluate", str(run), "--data-dir", str(other), "--workdir", str(tmp_path / "eval_live"),
+                           "--which", "final", "--live-weights", "--no-progress"]) == 2
+    assert f"--live-weights: {run} trained without --ema-decay" in capsys.readouterr().err
+    assert not (tmp_path / "eval_live").exists()
     # With flip TTA: recorded, and the same patient's slices evaluated.
     assert brain_mri.main(["--evaluate", str(run), "--data-dir", str(other), "--workdir", str(tmp_path / "eval_tta"),
                            "--which", "final", "--tta", "hflip", "--no-progress"]) == 0
