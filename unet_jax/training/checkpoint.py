@@ -184,9 +184,14 @@ class Checkpointer:
                 # Checkpoints written before an optional TrainState field existed (data_rng,
                 # ema) lack it; a template where that field is None (no sampler key, no
                 # moving average) restores from the fields they have.
-                missing = {name for name in OPTIONAL_FIELDS - left_out
-                           if re.search(rf"\b{name}\b", str(e)) and getattr(template, name, 0) is None}
+                named = {name for name in OPTIONAL_FIELDS - left_out if re.search(rf"\b{name}\b", str(e))}
+                missing = {name for name in named if getattr(template, name, 0) is None}
                 if not missing:
+                    if named:  # the template wants a field this checkpoint was written without
+                        raise CheckpointError(
+                            f"{step_dir} holds no TrainState.{'/'.join(sorted(named))} that this run's configuration "
+                            "needs (ema: --ema-decay; data_rng: device-resident data); restore it with the "
+                            "configuration it was trained with") from e
                     raise
                 left_out |= missing
                 fields = {f.name: getattr(template, f.name) for f in dataclasses.fields(template)
