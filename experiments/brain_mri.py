@@ -170,16 +170,15 @@ def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: 
     if head_mask is not None:
         options["head_mask"] = head_mask
     dataset = data.get("lgg", preprocess=cfg.data.preprocess, progress=progress, **options)
-    # The predictor's ensemble (the mean of the runs' probabilities) and flip TTA, as
-    # unet_jax.predict computes them; the dataset above supplies the input.
+    states = [load_run_state(r, which=which)[2] for r in run_dirs]
     if live_weights:
-        plain = [str(r) for r, c in zip(run_dirs, cfgs) if not c.train.ema_decay]
+        plain = [str(r) for r, s in zip(run_dirs, states) if s.ema is None]
         if plain:
             raise PredictorError(f"--live-weights: {', '.join(plain)} trained without --ema-decay; its figures "
                                  "use the live weights already (leave the flag out)")
-    states = [load_run_state(r, which=which)[2] for r in run_dirs]
-    if live_weights:
         states = [s.replace(ema=None) for s in states]  # eval_step then applies params and batch_stats
+    # The predictor's ensemble (the mean of the runs' probabilities) and flip TTA, as
+    # unet_jax.predict computes them; the dataset above supplies the input.
     predictor = Predictor(cfg=cfg, num_classes=dataset.num_classes, runs=tuple(str(r) for r in run_dirs),
                           states=tuple(states))
     workdir = Path(workdir or f"runs/lgg-eval-{run_dirs[0].name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -199,7 +198,7 @@ def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: 
                "evaluated_runs": [str(r.resolve()) for r in run_dirs], "ensemble": "mean" if len(run_dirs) > 1
                else "none", "checkpoint": which, "step": predictor.steps[0], "steps": list(predictor.steps),
                "tta": "hflip" if tta else "none",
-               "weights": "live" if live_weights else ("moving average" if cfg.train.ema_decay else "live"),
+               "weights": "live" if states[0].ema is None else "moving average",
                "data": dataset.describe(), "arch": cfg.model.arch,
                "archs": [c.model.arch for c in cfgs], "test": ev.summary,
                "volumes": volumes, "volumes_per_patient": reporter.per_volume_rows(),

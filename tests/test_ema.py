@@ -22,9 +22,7 @@ from test_checkpoint import TINY  # 12 steps, checkpoints every 4
 def _toy_state(ema_decay: float) -> TrainState:
     params = {"w": jnp.asarray([0.5, -1.0, 2.0]), "b": jnp.asarray(0.25)}
     stats = {"mean": jnp.asarray([1.0, 0.0])}
-    ema = jax.tree.map(jnp.copy, {"params": params, "batch_stats": stats}) if ema_decay else None
-    return TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.1), batch_stats=stats, ema=ema,
-                             ema_decay=ema_decay)
+    return TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.1), batch_stats=stats, ema_decay=ema_decay)
 
 
 @pytest.mark.parametrize("decay", [0.5, 0.9, 0.999])

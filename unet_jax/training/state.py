@@ -27,6 +27,14 @@ class TrainState(train_state.TrainState):
     ema: Any = None
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
 
+    @classmethod
+    def create(cls, *, params: Any, batch_stats: Any = None, ema_decay: float = 0.0, **kwargs: Any) -> "TrainState":
+        """flax's ``create``; with ``ema_decay > 0`` the moving average starts as a copy of
+        `params` and `batch_stats` (so an average is kept exactly when a decay is set)."""
+        # A copy: the train step donates the state, and one buffer cannot be donated twice.
+        ema = jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats}) if ema_decay > 0 else None
+        return super().create(params=params, batch_stats=batch_stats, ema=ema, ema_decay=ema_decay, **kwargs)
+
     def apply_gradients(self, *, grads: Any, **kwargs: Any) -> "TrainState":
         """flax's update, then the average: ``ema <- d_t * ema + (1 - d_t) * new``, with
         ``d_t = min(ema_decay, (1 + t) / (10 + t))`` at the new step ``t`` (TensorFlow's
@@ -77,16 +85,11 @@ def create_train_state(
     """Initialises parameters on a dummy batch of `input_shape` (N, H, W, C); with
     ``cfg.ema_decay > 0`` the moving average starts as a copy of them."""
     variables = init_variables(model, input_shape, rng)
-    batch_stats = variables.get("batch_stats", {})
-    # A copy: the train step donates the state, and one buffer cannot be donated twice.
-    ema = jax.tree.map(jnp.copy, {"params": variables["params"], "batch_stats": batch_stats}) \
-        if cfg.ema_decay > 0 else None
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         tx=make_optimizer(cfg),
-        batch_stats=batch_stats,
-        ema=ema,
+        batch_stats=variables.get("batch_stats", {}),
         ema_decay=cfg.ema_decay,
     )
 
