@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="2.5D: the neighbouring slices on each side as extra channels (3 per slice)")
     g.add_argument("--aug-scale", type=float, default=0.05, help="random zoom by up to this fraction")
     g.add_argument("--aug-rotate", type=float, default=15.0, help="random rotation by up to this many degrees")
+    g.add_argument("--aug-contrast", type=float, default=0.0, metavar="C",
+                   help="each channel scaled about its mean by a factor from U(1-C, 1+C); 0: off")
+    g.add_argument("--aug-brightness", type=float, default=0.0, metavar="B",
+                   help="each channel shifted by U(-B, B) (standardised units); 0: off")
+    g.add_argument("--aug-gamma", type=float, default=0.0, metavar="G",
+                   help="each channel's values raised to a gamma from exp(-G) to exp(G) on its range, its mean and "
+                        "spread kept (nnU-Net's gamma augmentation); 0: off")
     g.add_argument("--no-aug-flip", dest="aug_flip", action="store_false", help="no random horizontal flips")
     g.add_argument("--flair-substitute", type=float, default=0.3,
                    help="training: each of pre- and post-contrast replaced by FLAIR with this probability, as the "
@@ -107,11 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
 def augment_config(a: argparse.Namespace) -> AugmentConfig:
     if not a.augment:
         return AugmentConfig.none()
-    return AugmentConfig(flips=a.aug_flip, vertical_flip=False, rot90=False, brightness=0.0, contrast=0.0,
-                         scale=a.aug_scale, rotate=a.aug_rotate,
-                         # pre-contrast, FLAIR, post-contrast: channels 0, 1, 2 of the slice and of each neighbour
-                         **(dict(substitute=a.flair_substitute, substitute_channels=(0, 2), substitute_source=1,
-                                 channel_group=3) if a.flair_substitute else {}))
+    # Channels 0, 1, 2 (pre-contrast, FLAIR, post-contrast) of the slice and of each neighbour.
+    extra: dict[str, Any] = {}
+    if a.aug_contrast or a.aug_brightness or a.aug_gamma:
+        # Per channel: the three sequences' intensities vary independently between scanners.
+        extra.update(per_channel=True, channel_group=3)
+    if a.flair_substitute:
+        extra.update(substitute=a.flair_substitute, substitute_channels=(0, 2), substitute_source=1, channel_group=3)
+    return AugmentConfig(flips=a.aug_flip, vertical_flip=False, rot90=False, contrast=a.aug_contrast,
+                         brightness=a.aug_brightness, gamma=a.aug_gamma, scale=a.aug_scale, rotate=a.aug_rotate,
+                         **extra)
 
 
 def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:

@@ -158,6 +158,19 @@ class _FakeDevice:
         return {"bytes_limit": self.limit}
 
 
+@pytest.mark.parametrize("augment", [AugmentConfig(gamma=0.3), AugmentConfig(contrast=0.1, per_channel=True)])
+def test_host_only_augmentation_refuses_device_data(augment):
+    """The in-step sampler has no gamma and no per-channel jitter: --data-on-device yes is
+    refused naming them instead of training without them."""
+    from unet_jax.config import ConfigError, DataConfig, RunConfig
+    from unet_jax.training.run import training_data
+
+    source = InMemorySource([_coded_example(k, 32, 32) for k in range(2)])
+    cfg = RunConfig(data=DataConfig(patch_size=16, augment=augment, on_device="yes"))
+    with pytest.raises(ConfigError, match="gamma or per-channel intensity jitter"):
+        training_data(cfg, source, local_batch=2)
+
+
 def test_resolve_on_device():
     assert resolve_on_device("yes", 1 << 60, 0.25) and not resolve_on_device("no", 1, 0.25)
     gpu = _FakeDevice("gpu", 1000)

@@ -288,6 +288,12 @@ def test_entry_point_folds_leave_validation_patients_to_the_engine(tmp_path):
     cfg, _ = brain_mri.build(brain_mri.build_parser().parse_args(
         ["--data-dir", str(tmp_path), "--flair-substitute", "0", "--image-size", "16", "--no-progress"]))
     assert cfg.data.augment.substitute == 0 and cfg.data.augment.substitute_channels == ()
+    assert not cfg.data.augment.per_channel and cfg.data.augment.channel_group == 0
+    cfg, _ = brain_mri.build(brain_mri.build_parser().parse_args(
+        ["--data-dir", str(tmp_path), "--flair-substitute", "0", "--aug-gamma", "0.4", "--aug-contrast", "0.2",
+         "--image-size", "16", "--no-progress"]))
+    a = cfg.data.augment
+    assert (a.gamma, a.contrast, a.brightness, a.per_channel, a.channel_group) == (0.4, 0.2, 0.0, True, 3)
 
 
 def test_entry_point_patch_size_defaults_to_the_whole_slice_and_is_checked(tmp_path):

@@ -142,6 +142,90 @@ def test_intensity_augmentation():
     assert jit["image"].min() >= 0.0 and jit["image"].max() <= 1.0
 
 
+def _ramp_images(n_images: int, channels: int, seed: int):
+    """Whole-image patches (no geometry): every channel an affine map a_c * x + b_c of one
+    random field x whose range is exactly [0, 1] and which holds the value 0.5."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(n_images):
+        x = rng.uniform(0.0, 1.0, (P, P))
+        x[0, :3] = 0.0, 0.5, 1.0
+        a, b = rng.uniform(0.5, 3.0, channels), rng.uniform(-2.0, 2.0, channels)
+        images.append((x[..., None] * a + b).astype(np.float32))
+    labels = [np.zeros((P, P), np.uint8) for _ in range(n_images)]
+    fovs = [np.ones((P, P), np.uint8) for _ in range(n_images)]
+    return images, labels, fovs
+
+
+def _per_channel_stats(x):
+    x = x.astype(np.float64)
+    return x.mean(axis=(1, 2)), x.std(axis=(1, 2))
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_contrast_and_brightness_jitter_per_channel(per_channel):
+    """Each channel becomes (x - mean) * f + mean + b, f in [1 - C, 1 + C] and b in [-B, B]
+    (recovered in float64 from the patch's moments): with ``per_channel`` about the channel's
+    mean, drawn per channel and the same in both channel groups; without, about the patch's
+    mean, one draw for all channels."""
+    c_max, b_max, n = 0.3, 0.4, 64
+    images, labels, fovs = _ramp_images(4, 6, seed=3)
+    aug = AugmentConfig(flips=False, rot90=False, contrast=c_max, brightness=b_max, per_channel=per_channel,
+                        channel_group=3)
+    ref = _ds(images, labels, fovs, patch_size=P, batch_size=n, augment=NO_AUG)[0]["image"]
+    out = _ds(images, labels, fovs, patch_size=P, batch_size=n, augment=aug, clip=False)[0]["image"]
+    (m0, s0), (m1, s1) = _per_channel_stats(ref), _per_channel_stats(out)
+    centre = m0 if per_channel else np.broadcast_to(ref.astype(np.float64).mean(axis=(1, 2, 3))[:, None], m0.shape)
+    f = s1 / s0
+    b = m1 - centre - f * (m0 - centre)
+    eps = 64 * np.finfo(np.float32).eps  # a handful of float32 operations on values of a few units
+    assert np.all(np.abs(f - 1) <= c_max + eps) and np.all(np.abs(b) <= b_max + eps)
+    rebuilt = (ref - centre[:, None, None]) * f[:, None, None] + centre[:, None, None] + b[:, None, None]
+    np.testing.assert_allclose(out, rebuilt, atol=eps * (1 + np.abs(ref).max()))
+    np.testing.assert_allclose(f[:, :3], f[:, 3:], atol=eps)  # groups share the draws
+    spread = np.abs(f[:, 0] - f[:, 1])
+    if per_channel:
+        assert np.median(spread) > 0.05  # independent draws: |f0 - f1| has median ~0.18
+    else:
+        assert spread.max() <= eps and np.abs(b[:, 0] - b[:, 5]).max() <= eps
+
+
+def test_gamma_jitter():
+    """Each channel becomes the standardised ((x - lo) / span) ** g scaled back to the
+    channel's mean and standard deviation, g in [exp(-G), exp(G)] per channel (the same in
+    both groups); g is recovered from the pixels at 0, 0.5 and 1 and the whole patch checked
+    against that formula in float64."""
+    g_max, n = 0.5, 64
+    images, labels, fovs = _ramp_images(4, 6, seed=4)
+    aug = AugmentConfig(flips=False, rot90=False, contrast=0.0, brightness=0.0, gamma=g_max, per_channel=True,
+                        channel_group=3)
+    ref = _ds(images, labels, fovs, patch_size=P, batch_size=n, augment=NO_AUG)[0]["image"].astype(np.float64)
+    out = _ds(images, labels, fovs, patch_size=P, batch_size=n, augment=aug, clip=False)[0]["image"]
+    (m0, s0), (m1, s1) = _per_channel_stats(ref), _per_channel_stats(out)
+    tol = 256 * np.finfo(np.float32).eps
+    np.testing.assert_allclose(m1, m0, atol=tol * 4)
+    np.testing.assert_allclose(s1, s0, rtol=tol)
+    o = out.astype(np.float64)
+    g = np.log((o[:, 0, 1] - o[:, 0, 0]) / (o[:, 0, 2] - o[:, 0, 0])) / np.log(0.5)
+    assert np.all(np.abs(np.log(g)) <= g_max + 1e-3)
+    lo, hi = ref.min(axis=(1, 2)), ref.max(axis=(1, 2))
+    z = ((ref - lo[:, None, None]) / (hi - lo)[:, None, None]) ** g[:, None, None]
+    zm, zs = _per_channel_stats(z)
+    expected = (z - zm[:, None, None]) / zs[:, None, None] * s0[:, None, None] + m0[:, None, None]
+    np.testing.assert_allclose(o, expected, atol=tol * (1 + np.abs(ref).max()))
+    np.testing.assert_allclose(g[:, :3], g[:, 3:], rtol=1e-3)
+    assert np.median(np.abs(np.log(g[:, 0] / g[:, 2]))) > 0.1  # per channel, not one draw
+
+
+def test_intensity_jitter_arguments():
+    with pytest.raises(ConfigError, match="gamma"):
+        AugmentConfig(gamma=-0.1)
+    images, labels, fovs = _ramp_images(1, 3, seed=0)
+    with pytest.raises(ValueError, match="channel_group 2 does not divide"):
+        _ds(images, labels, fovs, patch_size=P, augment=AugmentConfig(contrast=0.1, per_channel=True,
+                                                                      channel_group=2))
+
+
 def test_channel_substitution():
     """Each substituted channel is either itself or the source channel, drawn with the stated
     probability independently per channel (binomial bounds of 5 standard deviations), the same

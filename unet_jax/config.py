@@ -78,6 +78,12 @@ class AugmentConfig:
       orientation at patch scale, so these preserve the label).
     brightness: additive shift drawn from U(-brightness, brightness); 0 disables.
     contrast: the patch is scaled about its mean by U(1 - contrast, 1 + contrast).
+    gamma: ``x -> x ** g`` on the patch's range [min, max] mapped to [0, 1], g drawn
+      log-uniformly from [exp(-gamma), exp(gamma)], then shifted and scaled back to the
+      patch's mean and standard deviation (nnU-Net's gamma augmentation); 0 disables.
+    per_channel: contrast, brightness and gamma drawn for each channel (scanner
+      sequences vary independently) instead of once per patch; with ``channel_group``
+      the same draws in every group.
     Intensity jitter is clipped to [0, 1] for "unit"-normalised images only.
     vertical_flip: with ``flips``, flip vertically too (False: horizontal flips only,
       for images with an up and a down, such as axial brain slices).
@@ -97,6 +103,8 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     vertical_flip: bool = True
+    gamma: float = 0.0
+    per_channel: bool = False
     scale: float = 0.0
     rotate: float = 0.0
     substitute: float = 0.0
@@ -110,6 +118,7 @@ class AugmentConfig:
         _check("data.augment", [
             ("brightness", self.brightness >= 0, "must be >= 0"),
             ("contrast", 0 <= self.contrast < 1, "must be in [0, 1)"),
+            ("gamma", 0 <= self.gamma <= 2, "must be in [0, 2] (gamma from exp(-g) to exp(g))"),
             ("scale", 0 <= self.scale < 1, "must be in [0, 1)"),
             ("rotate", 0 <= self.rotate <= 180, "must be in [0, 180] degrees"),
             ("substitute", 0 <= self.substitute <= 1, "must be a probability in [0, 1]"),

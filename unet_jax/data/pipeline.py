@@ -26,8 +26,9 @@ Sampling of one patch
    shifted (clamped) to lie fully inside. An image smaller than the patch is
    zero-padded at the bottom and right, with ``mask == 0`` on the padding;
 4. augment: optional zoom / rotation (``scale``, ``rotate``), flips / 90-degree
-   rotations on image, label and mask together; brightness / contrast jitter and channel
-   substitution (a missing sequence filled in with another) on the image only.
+   rotations on image, label and mask together; channel substitution (a missing sequence
+   filled in with another) and contrast / brightness / gamma jitter (per patch or per
+   channel) on the image only.
 
 Each element's randomness comes from grain's ``random_map``, which derives a
 generator from ``(seed, element index)``: the stream is deterministic for a
@@ -144,6 +145,9 @@ class PatchSampler:
             raise ValueError(f"augment.substitute_channels {augment.substitute_channels} from channel "
                              f"{augment.substitute_source} (channel_group {augment.channel_group}) do not fit images "
                              f"of {self.num_channels} channels")
+        if augment.per_channel and self.num_channels % group:
+            raise ValueError(f"augment.channel_group {augment.channel_group} does not divide the images' "
+                             f"{self.num_channels} channels (per-channel intensity jitter)")
 
     def _prepared(self, k: int) -> PreparedExample:
         return self._cached[k] if self._cached is not None else PreparedExample(self.source[k], self.patch_size)
@@ -185,14 +189,10 @@ class PatchSampler:
         image = np.array(image, dtype=np.float32)
         if aug.substitute > 0.0:
             _substitute(image, rng, aug)
-        if aug.contrast > 0.0:
-            factor = rng.uniform(1.0 - aug.contrast, 1.0 + aug.contrast)
-            mean = image.mean()
-            image = (image - mean) * np.float32(factor) + mean
-        if aug.brightness > 0.0:
-            image += np.float32(rng.uniform(-aug.brightness, aug.brightness))
-        if self.clip and (aug.contrast > 0.0 or aug.brightness > 0.0):
-            np.clip(image, 0.0, 1.0, out=image)
+        if aug.contrast > 0.0 or aug.brightness > 0.0 or aug.gamma > 0.0:
+            image = _jitter_intensity(image, rng, aug)
+            if self.clip:
+                np.clip(image, 0.0, 1.0, out=image)
         return {
             "image": image,
             "label": np.asarray(label, dtype=np.float32)[..., None],
@@ -218,6 +218,44 @@ def _substitute(image: np.ndarray, rng: np.random.Generator, aug: AugmentConfig)
     for start in range(0, image.shape[-1], group):
         for c in chosen:
             image[..., start + c] = image[..., start + aug.substitute_source]
+
+
+def _jitter_intensity(image: np.ndarray, rng: np.random.Generator, aug: AugmentConfig) -> np.ndarray:
+    """Contrast, brightness and gamma jitter of an (H, W, C) float32 patch: one draw for
+    the whole patch, or with ``aug.per_channel`` one per channel (the same in every
+    channel group)."""
+    channels = image.shape[-1]
+    group = aug.channel_group or channels
+    axes = (0, 1) if aug.per_channel else None
+
+    def draw(low: float, high: float) -> Any:
+        if not aug.per_channel:
+            return np.float32(rng.uniform(low, high))
+        return np.tile(rng.uniform(low, high, group), channels // group).astype(np.float32)
+
+    if aug.contrast > 0.0:
+        factor = draw(1.0 - aug.contrast, 1.0 + aug.contrast)
+        mean = image.mean(axis=axes)
+        image = (image - mean) * factor + mean
+    if aug.brightness > 0.0:
+        image = image + draw(-aug.brightness, aug.brightness)
+    if aug.gamma > 0.0:
+        image = _gamma(image, np.exp(draw(-aug.gamma, aug.gamma)), axes)
+    return image
+
+
+def _gamma(image: np.ndarray, gamma: Any, axes: tuple[int, int] | None) -> np.ndarray:
+    """``x -> lo + span * ((x - lo) / span) ** gamma`` over the patch's (or each channel's)
+    range, then shifted and scaled back to the mean and standard deviation it had: the
+    shape of the histogram changes, its location and spread do not (nnU-Net's gamma
+    augmentation with ``retain_stats``)."""
+    lo, hi = image.min(axis=axes), image.max(axis=axes)
+    span = np.where(hi > lo, hi - lo, np.float32(1.0))
+    mean, std = image.mean(axis=axes), image.std(axis=axes)
+    out = lo + span * ((image - lo) / span) ** gamma
+    new_std = out.std(axis=axes)
+    scale = np.where(new_std > 0, std / np.where(new_std > 0, new_std, 1), np.float32(1.0))
+    return ((out - out.mean(axis=axes)) * scale + mean).astype(np.float32)
 
 
 def _zoom_rotate(image: np.ndarray, label: np.ndarray, mask: np.ndarray, rng: np.random.Generator, scale: float,

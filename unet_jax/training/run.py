@@ -107,8 +107,9 @@ def training_data(cfg: RunConfig, source: Source, local_batch: int,
     None, or the whole set as DeviceData and its in-step sampler (``cfg.data.on_device``).
 
     `weights`: per-example sampling probabilities (None: uniform). The in-step sampler
-    draws images uniformly and knows flips in both axes, rot90 and intensity jitter only;
-    a run needing more keeps the host pipeline ("auto") or is refused ("yes").
+    draws images uniformly and knows flips in both axes, rot90 and per-patch contrast and
+    brightness jitter only; a run needing more keeps the host pipeline ("auto") or is
+    refused ("yes").
     """
     d = cfg.data
     clip = d.preprocess.normalize == "unit"
@@ -116,7 +117,8 @@ def training_data(cfg: RunConfig, source: Source, local_batch: int,
         ("per-example sampling weights", weights is not None),
         ("zoom or rotation augmentation", d.augment.scale > 0 or d.augment.rotate > 0),
         ("horizontal-only flips", d.augment.flips and not d.augment.vertical_flip),
-        ("channel substitution", d.augment.substitute > 0)) if used]
+        ("channel substitution", d.augment.substitute > 0),
+        ("gamma or per-channel intensity jitter", d.augment.gamma > 0 or d.augment.per_channel)) if used]
     if unsupported and d.on_device == "yes":
         raise ConfigError("data.on_device", d.on_device, f"the device-resident sampler has no "
                           f"{', '.join(unsupported)}; use auto (host pipeline for this run) or no")
