@@ -82,8 +82,9 @@ class AugmentConfig:
       log-uniformly from [exp(-gamma), exp(gamma)], then shifted and scaled back to the
       patch's mean and standard deviation (nnU-Net's gamma augmentation); 0 disables.
     per_channel: contrast, brightness and gamma drawn for each channel (scanner
-      sequences vary independently) instead of once per patch; with ``channel_group``
-      the same draws in every group.
+      sequences vary independently) and applied about that channel's own mean and range,
+      instead of one draw for the whole patch; with ``channel_group`` the same draws in
+      every group.
     Intensity jitter is clipped to [0, 1] for "unit"-normalised images only.
     vertical_flip: with ``flips``, flip vertically too (False: horizontal flips only,
       for images with an up and a down, such as axial brain slices).
