@@ -226,36 +226,41 @@ def _jitter_intensity(image: np.ndarray, rng: np.random.Generator, aug: AugmentC
     channel group)."""
     channels = image.shape[-1]
     group = aug.channel_group or channels
-    axes = (0, 1) if aug.per_channel else None
+    if aug.per_channel:
+        # Channels first: reductions over contiguous rows are ~20x faster than over axes
+        # (0, 1) of an (H, W, C) array, which would make this the slowest part of a sample.
+        x, axis = np.ascontiguousarray(image.reshape(-1, channels).T), 1
+    else:
+        x, axis = image, None
 
     def draw(low: float, high: float) -> Any:
         if not aug.per_channel:
             return np.float32(rng.uniform(low, high))
-        return np.tile(rng.uniform(low, high, group), channels // group).astype(np.float32)
+        return np.tile(rng.uniform(low, high, group), channels // group).astype(np.float32)[:, None]
 
     if aug.contrast > 0.0:
         factor = draw(1.0 - aug.contrast, 1.0 + aug.contrast)
-        mean = image.mean(axis=axes)
-        image = (image - mean) * factor + mean
+        mean = x.mean(axis=axis, keepdims=True)
+        x = (x - mean) * factor + mean
     if aug.brightness > 0.0:
-        image = image + draw(-aug.brightness, aug.brightness)
+        x = x + draw(-aug.brightness, aug.brightness)
     if aug.gamma > 0.0:
-        image = _gamma(image, np.exp(draw(-aug.gamma, aug.gamma)), axes)
-    return image
+        x = _gamma(x, np.exp(draw(-aug.gamma, aug.gamma)), axis)
+    return np.ascontiguousarray(x.T).reshape(image.shape) if aug.per_channel else x
 
 
-def _gamma(image: np.ndarray, gamma: Any, axes: tuple[int, int] | None) -> np.ndarray:
-    """``x -> lo + span * ((x - lo) / span) ** gamma`` over the patch's (or each channel's)
-    range, then shifted and scaled back to the mean and standard deviation it had: the
-    shape of the histogram changes, its location and spread do not (nnU-Net's gamma
-    augmentation with ``retain_stats``)."""
-    lo, hi = image.min(axis=axes), image.max(axis=axes)
+def _gamma(x: np.ndarray, gamma: Any, axis: int | None) -> np.ndarray:
+    """``x -> lo + span * ((x - lo) / span) ** gamma`` over the range of `x` along `axis`
+    (all of it: None), then shifted and scaled back to the mean and standard deviation it
+    had: the shape of the histogram changes, its location and spread do not (nnU-Net's
+    gamma augmentation with ``retain_stats``)."""
+    lo, hi = x.min(axis=axis, keepdims=True), x.max(axis=axis, keepdims=True)
     span = np.where(hi > lo, hi - lo, np.float32(1.0))
-    mean, std = image.mean(axis=axes), image.std(axis=axes)
-    out = lo + span * ((image - lo) / span) ** gamma
-    new_std = out.std(axis=axes)
+    mean, std = x.mean(axis=axis, keepdims=True), x.std(axis=axis, keepdims=True)
+    out = lo + span * ((x - lo) / span) ** gamma
+    new_std = out.std(axis=axis, keepdims=True)
     scale = np.where(new_std > 0, std / np.where(new_std > 0, new_std, 1), np.float32(1.0))
-    return ((out - out.mean(axis=axes)) * scale + mean).astype(np.float32)
+    return ((out - out.mean(axis=axis, keepdims=True)) * scale + mean).astype(np.float32)
 
 
 def _zoom_rotate(image: np.ndarray, label: np.ndarray, mask: np.ndarray, rng: np.random.Generator, scale: float,
