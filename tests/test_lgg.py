@@ -296,6 +296,18 @@ def test_entry_point_folds_leave_validation_patients_to_the_engine(tmp_path):
     assert (a.gamma, a.contrast, a.brightness, a.per_channel, a.channel_group) == (0.4, 0.2, 0.0, True, 3)
 
 
+@pytest.mark.parametrize("flag, value", [("--aug-gamma", "5"), ("--aug-scale", "1.5"), ("--aug-contrast", "-0.1")])
+def test_entry_point_names_the_augmentation_flag_of_a_bad_value(tmp_path, capsys, flag, value):
+    from experiments import brain_mri
+
+    for i in range(3):
+        write_patient(tmp_path / "data", f"P_{i}", 3, seed=i, size=16)
+    code = brain_mri.main(["--data-dir", str(tmp_path / "data"), flag, value, "--image-size", "16", "--no-progress",
+                           "--workdir", str(tmp_path / "run")])
+    assert code == 2 and f"invalid value for {flag}: {float(value)!r}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_entry_point_patch_size_defaults_to_the_whole_slice_and_is_checked(tmp_path):
     from experiments import brain_mri
 

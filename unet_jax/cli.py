@@ -135,9 +135,12 @@ def train_config(a: argparse.Namespace) -> TrainConfig:
 def _flag_error(parser: argparse.ArgumentParser, e: ConfigError) -> str:
     """A config error phrased with the entry point's flag for the field, when it has one."""
     dest = e.field.rsplit(".", 1)[-1]
-    for action in parser._actions:
-        if action.dest == dest and action.option_strings:
-            return f"invalid value for {action.option_strings[0]}: {e.value!r} ({e.requirement})"
+    # Augmentation flags are named --aug-X (data.augment.X), beside preprocessing's own --gamma.
+    dests = [f"aug_{dest}", dest] if e.field.startswith("data.augment.") else [dest]
+    for name in dests:
+        for action in parser._actions:
+            if action.dest == name and action.option_strings:
+                return f"invalid value for {action.option_strings[0]}: {e.value!r} ({e.requirement})"
     return str(e)
 
 
