@@ -114,16 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
 def augment_config(a: argparse.Namespace) -> AugmentConfig:
     if not a.augment:
         return AugmentConfig.none()
+    # Per channel: the three sequences' intensities vary independently between scanners.
+    jitter = bool(a.aug_contrast or a.aug_brightness or a.aug_gamma)
     # Channels 0, 1, 2 (pre-contrast, FLAIR, post-contrast) of the slice and of each neighbour.
-    extra: dict[str, Any] = {}
-    if a.aug_contrast or a.aug_brightness or a.aug_gamma:
-        # Per channel: the three sequences' intensities vary independently between scanners.
-        extra.update(per_channel=True, channel_group=3)
-    if a.flair_substitute:
-        extra.update(substitute=a.flair_substitute, substitute_channels=(0, 2), substitute_source=1, channel_group=3)
+    substitute = (dict(substitute=a.flair_substitute, substitute_channels=(0, 2), substitute_source=1)
+                  if a.flair_substitute else {})
     return AugmentConfig(flips=a.aug_flip, vertical_flip=False, rot90=False, contrast=a.aug_contrast,
                          brightness=a.aug_brightness, gamma=a.aug_gamma, scale=a.aug_scale, rotate=a.aug_rotate,
-                         **extra)
+                         per_channel=jitter, channel_group=3 if jitter or substitute else 0, **substitute)
 
 
 def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:

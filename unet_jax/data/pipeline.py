@@ -258,8 +258,9 @@ def _gamma(x: np.ndarray, gamma: Any, axis: int | None) -> np.ndarray:
     span = np.where(hi > lo, hi - lo, np.float32(1.0))
     mean, std = x.mean(axis=axis, keepdims=True), x.std(axis=axis, keepdims=True)
     out = lo + span * ((x - lo) / span) ** gamma
-    new_std = out.std(axis=axis, keepdims=True)
-    scale = np.where(new_std > 0, std / np.where(new_std > 0, new_std, 1), np.float32(1.0))
+    # The new spread is 0 only for a constant channel (any other range maps onto [0, 1]),
+    # whose spread was 0 too: scale 0 there instead of 0 / 0.
+    scale = std / np.maximum(out.std(axis=axis, keepdims=True), np.finfo(np.float32).tiny)
     return ((out - out.mean(axis=axis, keepdims=True)) * scale + mean).astype(np.float32)
 
 
