@@ -208,7 +208,8 @@ def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: 
                "evaluated_runs": [str(r.resolve()) for r in run_dirs], "ensemble": "mean" if len(run_dirs) > 1
                else "none", "checkpoint": which, "step": predictor.steps[0], "steps": list(predictor.steps),
                "tta": "hflip" if tta else "none",
-               "weights": "live" if states[0].ema is None else "moving average",
+               # Per ensemble: one kind, or both (runs with and without an average, --live-weights off).
+               "weights": " + ".join(sorted({"live" if s.ema is None else "moving average" for s in states})),
                "data": dataset.describe(), "arch": cfg.model.arch,
                "archs": [c.model.arch for c in cfgs], "test": ev.summary,
                "volumes": volumes, "volumes_per_patient": reporter.per_volume_rows(),
