@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every measurement of issue 10 that needs a GPU, in device runs of under 10 minutes each.
 # Order of work on a GPU: issue 10's targets were met on 2026-11-26 (README, "One NVIDIA
-# H100" and "One NVIDIA H200"), so these parts only fill in the sweep; issue 8's LGG run,
+# H200", and docs/gpu_runs.md), so these parts only fill in the sweep; issue 8's LGG run,
 # never measured on a GPU, comes first: `benchmarks/gpu_lgg.sh` (two calls, a session's
 # device time), then this suite in a later session.
 # Prepare first, here: `bash benchmarks/prepare_gpu_carry.sh` (wheels the device image
