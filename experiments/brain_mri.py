@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test-fraction", type=float, default=0.2, help="share of the patients for testing")
     g.add_argument("--folds", type=int, default=None, help="K-fold cross-validation by patient (with --fold)")
     g.add_argument("--fold", type=int, default=None, help="which fold (0-based) is the test set")
-    g.add_argument("--val-size", type=float, default=0.1, help="with --folds: training patients held out for "
-                                                               "validation (a fraction, or a count if >= 1)")
+    g.add_argument("--val-size", type=float, default=0.1,
+                   help="with --folds: training patients held out for validation (a fraction, or a count if >= 1; "
+                        "0: none)")
     g.add_argument("--image-size", type=int, default=256, help="side of the model's input after crop and pad")
     cli.add_patch_args(g)
     g.add_argument("--no-crop", dest="crop", action="store_false", help="do not crop to the brain's bounding box")

@@ -361,6 +361,13 @@ def test_validation_carving_holds_out_whole_cases_and_keeps_drive_behaviour(seed
     assert val_cases == {f"p{i}" for i in _old_split(6, 2, seed)}
 
 
+def test_val_size_0_trains_on_every_patient():
+    """`--val-size 0`: no validation source, every training patient's slices fit."""
+    cases = [f"p{i // 5}" for i in range(30)]
+    fit, val = split_train_val(RunConfig(data=DataConfig(val_size=0)), _CaseSource(cases))
+    assert val is None and len(fit) == 30 and sorted(set(fit.cases)) == sorted(set(cases))
+
+
 def test_learning_curve_splits_halve_fold_0s_training_patients():
     """The two half splits keep `--folds 5 --fold 0`'s test patients and the validation
     patients the engine carves there (seed 0, 10%), and share its other 36 between them."""
