@@ -219,7 +219,8 @@ def evaluate_run(run_dirs: Sequence[str | Path], data_dir: str | None, workdir: 
                        "256x256 masks"}
     atomic_write_json(workdir / "results.json", results)
     what = f"an ensemble of {len(run_dirs)} runs" if len(run_dirs) > 1 else "the run"
-    print(f"{what}, {len(dataset.test())} slices of {volumes['num_volumes']} patients: per-patient Dice mean "
+    n = volumes["num_volumes"]
+    print(f"{what}, {len(dataset.test())} slices of {n} patient{'s' if n != 1 else ''}: per-patient Dice mean "
           f"{volumes['dice_per_volume_mean']:.4f} median {volumes['dice_per_volume_median']:.4f} "
           f"(after LCC {volumes['dice_per_volume_lcc_mean']:.4f} / {volumes['dice_per_volume_lcc_median']:.4f}); "
           f"results in {workdir}/results.json", flush=True)
