@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from unet_jax.data.base import Example
+from unet_jax.data.preprocess import LABEL_INTERPOLATION
 
 __all__ = ["CaseSlices", "VolumeReporter", "largest_component", "lcc_method", "per_volume_figures", "plot_dsc",
            "scored_volumes", "slice_dice", "volume_dice"]
@@ -138,8 +139,9 @@ def _shrink(gray: np.ndarray, pred: np.ndarray, label: np.ndarray, side: int
     if max(h, w) <= side:
         return gray, pred, label
     size = (max(1, round(w * side / max(h, w))), max(1, round(h * side / max(h, w))))
-    return (cv2.resize(gray, size, interpolation=cv2.INTER_AREA), cv2.resize(pred, size, interpolation=cv2.INTER_NEAREST),
-            cv2.resize(label, size, interpolation=cv2.INTER_NEAREST))
+    return (cv2.resize(gray, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(pred, size, interpolation=LABEL_INTERPOLATION),
+            cv2.resize(label, size, interpolation=LABEL_INTERPOLATION))
 
 
 def write_gif(path: Path, frames: list[np.ndarray], *, max_side: int = 128, duration_ms: int = 120) -> None:

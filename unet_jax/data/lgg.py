@@ -78,6 +78,7 @@ from tqdm.auto import tqdm
 from unet_jax.config import PreprocessConfig
 from unet_jax.data.base import DataError, Dataset, Example, InMemorySource, Source, Subset, register, source_cases
 from unet_jax.data.imageio import read_image, read_mask
+from unet_jax.data.preprocess import LABEL_INTERPOLATION
 
 __all__ = ["LGG_LAYOUT", "LggDataset", "LggSource", "brain_threshold", "list_patients", "make_patient_split",
            "resolve_lgg_dir", "scan_patient"]
@@ -536,7 +537,7 @@ class LggDataset(Dataset):
         elif not self.rescale:
             x = x / np.float32(255.0)
         label = vol.geometry(np.asarray(example.label, np.uint8), self.preprocessing.image_size,
-                             cv2.INTER_NEAREST)
+                             LABEL_INTERPOLATION)
         return example.replace(image=np.ascontiguousarray(x, np.float32), label=label, valid=None)
 
     def restore_probs(self, example: Example, probs: np.ndarray) -> np.ndarray:

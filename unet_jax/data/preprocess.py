@@ -106,10 +106,17 @@ def preprocess_image(
     return out
 
 
+# Nearest neighbour for labels with pixel centres aligned as in the images' linear, cubic and
+# area resizes: cv2.INTER_NEAREST maps output pixel i to input pixel floor(i * scale), which
+# moves a label by half an output pixel against its image (measured: 0.78 input pixels when
+# 200 pixels shrink to 128).
+LABEL_INTERPOLATION = cv2.INTER_NEAREST_EXACT
+
+
 def _resize_nearest(a: np.ndarray | None, size: int | None) -> np.ndarray | None:
     if a is None or size is None or a.shape[:2] == (size, size):
         return a
-    return cv2.resize(a, (size, size), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(a, (size, size), interpolation=LABEL_INTERPOLATION)
 
 
 def preprocess_example(example: Example, cfg: PreprocessConfig) -> Example:
