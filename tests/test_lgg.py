@@ -114,6 +114,38 @@ def test_volume_preprocessing_standardises_each_volume_and_maps_back(tmp_path):
         np.testing.assert_array_equal(back > 0.5, ex.label > 0)
 
 
+@pytest.mark.parametrize("image_size", [32, 64])
+def test_resized_masks_stay_where_they_were(tmp_path, image_size):
+    """A mask on the model's grid is the stored one sampled about pixel centres (output pixel
+    i: stored pixel floor((i + 0.5) * scale), numpy reference), and mapped back by
+    restore_probs it keeps its place. cv2.INTER_NEAREST took floor(i * scale) and moved every
+    mask by half a model pixel (its centroid 0.5 stored pixels off after 48 -> 32 and back)."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "P").mkdir()
+    yy, xx = np.mgrid[:48, :48]
+    stored = []
+    for k in (1, 2, 3):  # discs of radius 11-15 around off-grid centres; noise everywhere, so no crop
+        disc = ((yy - 20.3 - 2 * k) ** 2 + (xx - 25.6 + k) ** 2 < (9 + 2 * k) ** 2).astype(np.uint8)
+        assert cv2.imwrite(str(tmp_path / "P" / f"P_{k}.tif"), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+        assert cv2.imwrite(str(tmp_path / "P" / f"P_{k}_mask.tif"), disc * 255)
+        stored.append(disc)
+    ds = LggDataset(tmp_path, split="all", progress=False,
+                    preprocess=PreprocessConfig(channels="rgb", clahe=False, normalize="zscore", image_size=image_size))
+    assert ds.volume("P").box == (0, 48, 0, 48)
+    src = ds.test()
+    idx = ((np.arange(image_size) + 0.5) * 48 / image_size).astype(int)
+    for i, disc in enumerate(stored):
+        np.testing.assert_array_equal(ds.preprocess(src[i]).label, disc[np.ix_(idx, idx)])
+    back = np.stack([ds.restore_probs(src[i], ds.preprocess(src[i]).label.astype(np.float32))
+                     for i in range(len(src))]).astype(np.float64)
+    ref = np.stack(stored).astype(np.float64)
+
+    def centroid(v):
+        return np.array([(v * g).sum() / v.sum() for g in np.mgrid[:v.shape[0], :v.shape[1], :v.shape[2]]])
+
+    assert np.abs(centroid(back) - centroid(ref)).max() < 0.25  # sampling about centres: 0.13 at most here
+
+
 def test_generated_patients_and_bad_input(tmp_path):
     labels = write_patient(tmp_path / "ok", "P_1", 11)
     write_patient(tmp_path / "ok", "P_2", 3, seed=1)

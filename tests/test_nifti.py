@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from unet_jax import data
+from unet_jax.config import PreprocessConfig
 from unet_jax.data import DataError
 from unet_jax.data.nifti import NiftiDataset
 from unet_jax.volumes import volume_dice
@@ -62,6 +63,23 @@ def test_mr_percentiles_map_each_volume_to_unit_range(tmp_path):
     raw = np.stack([src[k].image for k in range(len(src))])
     lo, hi = np.percentile(raw, (1, 99))  # 4 slices < 16: every slice is in the estimate
     np.testing.assert_allclose(x, np.clip((raw - lo) / (hi - lo), 0, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [8, 17])
+def test_resized_labels_keep_class_ids_and_pixel_centres(tmp_path, size):
+    """--image-size resizes a slice's label by nearest neighbour about pixel centres: output
+    pixel i is stored pixel floor((i + 0.5) * scale) (numpy reference), class ids unchanged."""
+    vols = write_volumes(tmp_path, n=2, shape=(12, 10, 5))
+    ds = NiftiDataset(tmp_path, window=(-100, 400), test_fraction=0.5, progress=False,
+                      preprocess=PreprocessConfig(channels="gray", clahe=False, normalize="unit", image_size=size))
+    src = ds.test()
+    label = vols[src[0].case][1]
+    rows = ((np.arange(size) + 0.5) * 12 / size).astype(int)
+    cols = ((np.arange(size) + 0.5) * 10 / size).astype(int)
+    for k in range(5):
+        ex = ds.preprocess(src[k])
+        assert ex.image.shape[:2] == (size, size)
+        np.testing.assert_array_equal(ex.label, label[..., k][np.ix_(rows, cols)])
 
 
 def test_multiclass_volume_dice_per_class():

@@ -445,6 +445,30 @@ def test_preprocess_16_bit_gray_rgba_zscore_and_resize():
     assert set(np.unique(ex.label)) == {0, 2} and (ex.label[:, :8] == 0).all() and (ex.label[:, 8:] == 2).all()
 
 
+def _centroid(weights: np.ndarray) -> np.ndarray:
+    w = np.asarray(weights, np.float64)
+    return np.array([(w * g).sum() / w.sum() for g in np.mgrid[:w.shape[0], :w.shape[1]]])
+
+
+@pytest.mark.parametrize("shape", [(200, 200), (90, 120)])
+def test_resized_labels_keep_pixel_centres_like_their_images(shape):
+    """Nearest neighbour about pixel centres: output pixel i takes input pixel floor((i + 0.5)
+    * scale), the one under its centre (numpy reference), so a resized disc stays where its
+    resized image puts it. cv2.INTER_NEAREST took floor(i * scale): half an output pixel off."""
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    disc = ((yy - 0.47 * h) ** 2 + (xx - 0.53 * w) ** 2 < (0.3 * min(h, w)) ** 2).astype(np.uint8)
+    size = 128  # 200 -> 128 shrinks, 90x120 -> 128 enlarges
+    ex = preprocess_example(Example("d", disc * 255, disc * 2, disc),
+                            PreprocessConfig(channels="gray", clahe=False, image_size=size))
+    rows = np.minimum(((np.arange(size) + 0.5) * h / size).astype(int), h - 1)
+    cols = np.minimum(((np.arange(size) + 0.5) * w / size).astype(int), w - 1)
+    np.testing.assert_array_equal(ex.label, disc[np.ix_(rows, cols)] * 2)
+    np.testing.assert_array_equal(ex.valid, disc[np.ix_(rows, cols)])
+    # Half an output pixel was the old offset; sampling about centres leaves a few hundredths.
+    assert np.abs(_centroid(ex.label) - _centroid(ex.image[..., 0])).max() < 0.25
+
+
 def test_synthetic_end_to_end():
     from unet_jax.data import make_synthetic_drive
 
