@@ -39,8 +39,8 @@ class PreprocessConfig:
     gamma: ``x ** (1 / gamma)`` on [0, 1] images; 1 disables.
     normalize: "unit" divides by the type's maximum (255, 65535) giving [0, 1];
       "zscore" standardises each channel of each image to mean 0, std 1.
-    image_size: resize every image (and its label, nearest neighbour) to this square
-      size; None keeps the stored size. Evaluation maps predictions back to the
+    image_size: resize every image (and its label, nearest neighbour about pixel
+      centres) to this square size; None keeps the stored size. Evaluation maps predictions back to the
       stored size, so test figures are always at the original resolution.
     """
 

@@ -19,7 +19,7 @@ each computed over the whole volume once, when the dataset is built:
    cropped to the (y, x) bounding box of what is left (the brain), the same box for all
    slices of the volume; no slice is dropped;
 2. pad to a square (zeros, centred) and resize to ``image_size`` (cubic for the image, the
-   reference uses an order-2 spline; nearest neighbour for the mask);
+   reference uses an order-2 spline; nearest neighbour about pixel centres for the mask);
 3. ``rescale``: intensities mapped from the volume's [10th, 99th] percentile (all channels
    together) to [0, 1], clipped;
 4. ``standardize``: each channel to mean 0, std 1 over the volume.
