@@ -114,24 +114,36 @@ def test_volume_preprocessing_standardises_each_volume_and_maps_back(tmp_path):
         np.testing.assert_array_equal(back > 0.5, ex.label > 0)
 
 
+def write_disc_patient(root: Path) -> list[np.ndarray]:
+    """Patient P: three 48x48 noise slices (no crop) whose masks are discs of radius 11-15
+    around off-grid centres; returns the masks."""
+    rng = np.random.default_rng(0)
+    (root / "P").mkdir(parents=True)
+    yy, xx = np.mgrid[:48, :48]
+    discs = []
+    for k in (1, 2, 3):
+        disc = ((yy - 20.3 - 2 * k) ** 2 + (xx - 25.6 + k) ** 2 < (9 + 2 * k) ** 2).astype(np.uint8)
+        assert cv2.imwrite(str(root / "P" / f"P_{k}.tif"), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
+        assert cv2.imwrite(str(root / "P" / f"P_{k}_mask.tif"), disc * 255)
+        discs.append(disc)
+    return discs
+
+
+def disc_dataset(root: Path, image_size: int) -> LggDataset:
+    pre = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore", image_size=image_size)
+    ds = LggDataset(root, split="all", progress=False, preprocess=pre)
+    assert ds.volume("P").box == (0, 48, 0, 48)
+    return ds
+
+
 @pytest.mark.parametrize("image_size", [32, 64])
 def test_resized_masks_stay_where_they_were(tmp_path, image_size):
     """A mask on the model's grid is the stored one sampled about pixel centres (output pixel
     i: stored pixel floor((i + 0.5) * scale), numpy reference), and mapped back by
     restore_probs it keeps its place. cv2.INTER_NEAREST took floor(i * scale) and moved every
     mask by half a model pixel (its centroid 0.5 stored pixels off after 48 -> 32 and back)."""
-    rng = np.random.default_rng(0)
-    (tmp_path / "P").mkdir()
-    yy, xx = np.mgrid[:48, :48]
-    stored = []
-    for k in (1, 2, 3):  # discs of radius 11-15 around off-grid centres; noise everywhere, so no crop
-        disc = ((yy - 20.3 - 2 * k) ** 2 + (xx - 25.6 + k) ** 2 < (9 + 2 * k) ** 2).astype(np.uint8)
-        assert cv2.imwrite(str(tmp_path / "P" / f"P_{k}.tif"), rng.integers(0, 256, (48, 48, 3), dtype=np.uint8))
-        assert cv2.imwrite(str(tmp_path / "P" / f"P_{k}_mask.tif"), disc * 255)
-        stored.append(disc)
-    ds = LggDataset(tmp_path, split="all", progress=False,
-                    preprocess=PreprocessConfig(channels="rgb", clahe=False, normalize="zscore", image_size=image_size))
-    assert ds.volume("P").box == (0, 48, 0, 48)
+    stored = write_disc_patient(tmp_path)
+    ds = disc_dataset(tmp_path, image_size)
     src = ds.test()
     idx = ((np.arange(image_size) + 0.5) * 48 / image_size).astype(int)
     for i, disc in enumerate(stored):
@@ -144,6 +156,22 @@ def test_resized_masks_stay_where_they_were(tmp_path, image_size):
         return np.array([(v * g).sum() / v.sum() for g in np.mgrid[:v.shape[0], :v.shape[1], :v.shape[2]]])
 
     assert np.abs(centroid(back) - centroid(ref)).max() < 0.25  # sampling about centres: 0.13 at most here
+
+
+def test_resize_ceiling_scores_the_masks_round_trip(tmp_path):
+    """benchmarks.lgg_resize_ceiling: 1 without a resize; after 48 -> 32 and back, the Dice of
+    the round trip as computed here with numpy, for each label resize."""
+    from benchmarks.lgg_resize_ceiling import RESIZES, resize_ceiling
+
+    stored = np.stack(write_disc_patient(tmp_path)) > 0
+    for name, interpolation in RESIZES.items():
+        assert resize_ceiling(disc_dataset(tmp_path, 48), interpolation) == {"P": 1.0}
+        ds = disc_dataset(tmp_path, 32)
+        src = ds.test()
+        small = [cv2.resize(m.astype(np.float32), (32, 32), interpolation=interpolation) for m in stored]
+        back = np.stack([cv2.resize(m, (48, 48), interpolation=cv2.INTER_LINEAR) for m in small]) > 0.5
+        ref = 2 * np.count_nonzero(back & stored) / (np.count_nonzero(back) + np.count_nonzero(stored))
+        assert len(src) == 3 and resize_ceiling(ds, interpolation) == {"P": pytest.approx(ref, abs=1e-12)}
 
 
 def test_generated_patients_and_bad_input(tmp_path):

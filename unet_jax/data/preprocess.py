@@ -108,8 +108,8 @@ def preprocess_image(
 
 # Nearest neighbour for labels with pixel centres aligned as in the images' linear, cubic and
 # area resizes: cv2.INTER_NEAREST maps output pixel i to input pixel floor(i * scale), which
-# moves a label by half an output pixel against its image (measured: 0.78 input pixels when
-# 200 pixels shrink to 128).
+# moves a label by half an output pixel against its image (0.78 input pixels when 200
+# pixels shrink to 128).
 LABEL_INTERPOLATION = cv2.INTER_NEAREST_EXACT
 
 
