@@ -2,10 +2,10 @@
 
     uv run python -m benchmarks.lgg_resize_ceiling --data-dir ../shared/data/lgg_mri/kaggle_3m
 
-Each stored mask goes through the LGG preprocessing's geometry (crop to the head, pad to a
-square, resize to `--image-size`) as a label would, comes back through ``restore_probs`` (the
-path of the model's probabilities) and is thresholded at 0.5; each patient's voxels are then
-scored against the stored masks as a test patient is. The figure is what a model that
+Each stored mask goes through the LGG preprocessing's geometry (crop to the brain's box,
+pad to a square, resize to `--image-size`) as a label would, comes back through
+``restore_probs`` (the path of the model's probabilities) and is thresholded at 0.5; each
+patient's voxels are then scored against the stored masks as a test patient is. The figure is what a model that
 predicted its training labels exactly would score: the resize's ceiling. Label resizes:
 
 * ``nearest``: cv2.INTER_NEAREST, the labels' resize before commit 34b22fe (output pixel i

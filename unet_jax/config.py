@@ -40,8 +40,9 @@ class PreprocessConfig:
     normalize: "unit" divides by the type's maximum (255, 65535) giving [0, 1];
       "zscore" standardises each channel of each image to mean 0, std 1.
     image_size: resize every image (and its label, nearest neighbour about pixel
-      centres) to this square size; None keeps the stored size. Evaluation maps predictions back to the
-      stored size, so test figures are always at the original resolution.
+      centres) to this square size; None keeps the stored size. Evaluation maps
+      predictions back to the stored size, so test figures are always at the original
+      resolution.
     """
 
     channels: Literal["green", "gray", "rgb"] = "green"
