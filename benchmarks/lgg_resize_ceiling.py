@@ -5,8 +5,9 @@
 Each stored mask goes through the LGG preprocessing's geometry (crop to the brain's box,
 pad to a square, resize to `--image-size`) as a label would, comes back through
 ``restore_probs`` (the path of the model's probabilities) and is thresholded at 0.5; each
-patient's voxels are then scored against the stored masks as a test patient is. The figure is what a model that
-predicted its training labels exactly would score: the resize's ceiling. Label resizes:
+patient's voxels are then scored against the stored masks as a test patient is. The figure
+is what a model that predicted its training labels exactly would score: the resize's
+ceiling. Label resizes:
 
 * ``nearest``: cv2.INTER_NEAREST, the labels' resize before commit 34b22fe (output pixel i
   takes input pixel floor(i * scale): half an output pixel off);
@@ -26,21 +27,21 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from unet_jax.config import PreprocessConfig
 from unet_jax.data.lgg import LggDataset
 from unet_jax.workdir import atomic_write_bytes
 
 RESIZES = {"nearest": cv2.INTER_NEAREST, "nearest_exact": cv2.INTER_NEAREST_EXACT, "area": cv2.INTER_AREA}
 
 
-def resize_ceiling(ds: LggDataset, interpolation: int) -> dict[str, float]:
-    """Per patient with abnormality: the Dice of its masks after the resize round trip."""
+def resize_ceiling(ds: LggDataset, size: int, interpolation: int) -> dict[str, float]:
+    """Per patient with abnormality: the Dice of its masks after the round trip through a
+    `size` x `size` grid (the crop boxes do not depend on the dataset's own image size)."""
     src = ds.test()
     counts: dict[str, list[int]] = {}  # case -> [overlap, predicted, stored] voxels
     for i in range(len(src)):
         ex = src[i]
         label = np.asarray(ex.label, np.float32)
-        small = ds.volume(ex.case).geometry(label, ds.preprocessing.image_size, interpolation)
+        small = ds.volume(ex.case).geometry(label, size, interpolation)
         back = ds.restore_probs(ex, small) > 0.5
         stored = label > 0
         c = counts.setdefault(ex.case, [0, 0, 0])
@@ -62,11 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     out: dict = {"command": " ".join(["uv run python -m benchmarks.lgg_resize_ceiling", *argv]),
                  "head_mask": args.head_mask, "opencv": cv2.__version__, "results": {}}
+    ds = LggDataset(args.data_dir, split="all", head_mask=args.head_mask, progress=False)  # read once
     for size in args.image_size:
-        pre = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore", image_size=size)
-        ds = LggDataset(args.data_dir, split="all", head_mask=args.head_mask, preprocess=pre, progress=False)
         for name, interpolation in tqdm(RESIZES.items(), desc=f"{size}x{size}", unit="resize"):
-            dice = resize_ceiling(ds, interpolation)
+            dice = resize_ceiling(ds, size, interpolation)
             values = list(dice.values())
             row = {"mean": statistics.mean(values), "median": statistics.median(values), "min": min(values),
                    "num_volumes": len(values), "per_patient": {c: round(d, 4) for c, d in sorted(dice.items())}}
