@@ -275,7 +275,7 @@ class NiftiDataset(Dataset):
     def preprocess(self, example: Example) -> Example:
         import cv2
 
-        from unet_jax.data.preprocess import LABEL_INTERPOLATION
+        from unet_jax.data.preprocess import resize_label
 
         x = self.normalise(example.case_id, example.image)
         label = np.asarray(example.label)
@@ -284,7 +284,7 @@ class NiftiDataset(Dataset):
             shrink = size < x.shape[0] or size < x.shape[1]
             x = cv2.resize(x, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
             x = x.reshape(size, size, -1)
-            label = cv2.resize(label, (size, size), interpolation=LABEL_INTERPOLATION)
+            label = resize_label(label, size)
         return example.replace(image=np.ascontiguousarray(x, np.float32), label=label)
 
     def test_reporter(self, workdir: Any, *, ignore_empty: bool = True) -> Any:

@@ -28,7 +28,8 @@ import numpy as np
 from unet_jax.config import PreprocessConfig
 from unet_jax.data.base import Example
 
-__all__ = ["PreprocessConfig", "preprocess_example", "preprocess_image", "resize_probs"]
+__all__ = ["LABEL_INTERPOLATION", "PreprocessConfig", "preprocess_example", "preprocess_image", "resize_label",
+           "resize_probs"]
 
 
 def _planes(image: np.ndarray, channels: str) -> list[np.ndarray]:
@@ -113,7 +114,9 @@ def preprocess_image(
 LABEL_INTERPOLATION = cv2.INTER_NEAREST_EXACT
 
 
-def _resize_nearest(a: np.ndarray | None, size: int | None) -> np.ndarray | None:
+def resize_label(a: np.ndarray | None, size: int | None) -> np.ndarray | None:
+    """A label or valid mask (H, W) resized to `size` x `size` with :data:`LABEL_INTERPOLATION`
+    (class ids stay class ids); None, or already that size: returned as it is."""
     if a is None or size is None or a.shape[:2] == (size, size):
         return a
     return cv2.resize(a, (size, size), interpolation=LABEL_INTERPOLATION)
@@ -125,8 +128,8 @@ def preprocess_example(example: Example, cfg: PreprocessConfig) -> Example:
     options: dict[str, Any] = dataclasses.asdict(cfg)
     return example.replace(
         image=preprocess_image(example.image, **options),
-        label=_resize_nearest(example.label, cfg.image_size),
-        valid=_resize_nearest(example.valid, cfg.image_size),
+        label=resize_label(example.label, cfg.image_size),
+        valid=resize_label(example.valid, cfg.image_size),
     )
 
 
