@@ -33,8 +33,14 @@ from typing import Any
 
 from unet_jax import cli, data
 from unet_jax.config import AugmentConfig, ConfigError, DataConfig, PreprocessConfig, RunConfig
+from unet_jax.data.lgg import SEQUENCES
 
 DEFAULT_SPLIT = Path(__file__).parent / "splits" / "lgg_50.json"
+
+
+def _sequences(text: str) -> tuple[str, ...]:
+    """"flair,post" -> ("flair", "post"); the dataset checks the names."""
+    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "without abnormality count as a median one); 0: every patient equally likely, as the "
                         "reference")
     g.add_argument("--context", type=int, default=0,
-                   help="2.5D: the neighbouring slices on each side as extra channels (3 per slice)")
+                   help="2.5D: the neighbouring slices on each side as extra channels (those of --sequences)")
+    g.add_argument("--sequences", type=_sequences, default=SEQUENCES, metavar="NAMES",
+                   help="the MRI sequences the model sees, comma-separated, of pre, flair, post (e.g. flair); "
+                        "the volume preprocessing uses all three")
     g.add_argument("--aug-scale", type=float, default=0.05, help="random zoom by up to this fraction")
     g.add_argument("--aug-rotate", type=float, default=15.0, help="random rotation by up to this many degrees")
     g.add_argument("--aug-contrast", type=float, default=0.0, metavar="C",
@@ -117,12 +126,15 @@ def augment_config(a: argparse.Namespace) -> AugmentConfig:
         return AugmentConfig.none()
     # Per channel: the three sequences' intensities vary independently between scanners.
     jitter = bool(a.aug_contrast or a.aug_brightness or a.aug_gamma)
-    # Channels 0, 1, 2 (pre-contrast, FLAIR, post-contrast) of the slice and of each neighbour.
-    substitute = (dict(substitute=a.flair_substitute, substitute_channels=(0, 2), substitute_source=1)
-                  if a.flair_substitute else {})
+    # The model's channels: --sequences of the slice, then of each neighbour. FLAIR fills in
+    # for the others; nothing to fill in without FLAIR or without another sequence.
+    seq = tuple(a.sequences)
+    others = tuple(i for i, s in enumerate(seq) if s != "flair")
+    substitute = (dict(substitute=a.flair_substitute, substitute_channels=others, substitute_source=seq.index("flair"))
+                  if a.flair_substitute and "flair" in seq and others else {})
     return AugmentConfig(flips=a.aug_flip, vertical_flip=False, rot90=False, contrast=a.aug_contrast,
                          brightness=a.aug_brightness, gamma=a.aug_gamma, scale=a.aug_scale, rotate=a.aug_rotate,
-                         per_channel=jitter, channel_group=3 if jitter or substitute else 0, **substitute)
+                         per_channel=jitter, channel_group=len(seq) if jitter or substitute else 0, **substitute)
 
 
 def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
@@ -137,7 +149,8 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
         "val_fraction": a.val_fraction, "test_fraction": a.test_fraction, "folds": a.folds, "fold": a.fold,
         "crop": a.crop, "rescale": a.rescale, "standardize": a.standardize, "head_mask": a.head_mask is not False,
         "uniform_share": a.uniform_share if a.uniform_share >= 0 else None,
-        "patient_weight_power": a.patient_weight_power, "context": a.context}
+        "patient_weight_power": a.patient_weight_power, "context": a.context,
+        "sequences": list(a.sequences)}
     pre = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore", image_size=a.image_size)
     dataset = data.get("lgg", preprocess=pre, progress=a.progress, **options)
     cfg = RunConfig(

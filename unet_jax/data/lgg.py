@@ -34,6 +34,10 @@ slice's voxels outside the head (below the threshold in every other channel and 
 to the slice's border through such voxels) are set to 0 in the bright channels. Volumes
 without a bright channel are untouched.
 
+``sequences`` picks which of the three the model sees, e.g. ``("flair",)``: the volume
+preprocessing above runs on all three (the crop and head mask need them), then the others
+are dropped from the model's input; 2.5D input keeps the same ones of every neighbour.
+
 ``context=c`` feeds the c neighbouring slices on each side as extra channels (2.5D input,
 3 * (2c + 1) channels: slices k-c..k+c of three each, the end slices repeated at a volume's
 ends), each through the same volume preprocessing; the label is slice k's.
@@ -80,7 +84,7 @@ from unet_jax.data.base import DataError, Dataset, Example, InMemorySource, Sour
 from unet_jax.data.imageio import read_image, read_mask
 from unet_jax.data.preprocess import LABEL_INTERPOLATION
 
-__all__ = ["LGG_LAYOUT", "LggDataset", "LggSource", "brain_threshold", "list_patients", "make_patient_split",
+__all__ = ["LGG_LAYOUT", "SEQUENCES", "LggDataset", "LggSource", "brain_threshold", "list_patients", "make_patient_split",
            "resolve_lgg_dir", "scan_patient"]
 
 LGG_LAYOUT = """\
@@ -90,6 +94,7 @@ ROOT/TCGA_CS_4941_19960909/TCGA_CS_4941_19960909_1_mask.tif  (its mask, 0/255)
 
 _SLICE = re.compile(r"^(?P<stem>.+)_(?P<number>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
 DEFAULT_DIR = Path("data/kaggle_3m")
+SEQUENCES = ("pre", "flair", "post")  # a stored slice's channels: pre-contrast, FLAIR, post-contrast
 
 Slice = tuple[str, int, Path, Path | None]  # (patient, slice number, image path, mask path: None unlabelled)
 
@@ -305,6 +310,8 @@ class LggDataset(Dataset):
       context: the c neighbouring slices on each side fed as extra channels (2.5D input:
         3 * (2c + 1) channels, slices k-c..k+c of three each; the end slices repeated at a
         volume's ends); 0: the slice alone.
+      sequences: the stored channels the model sees, by name (:data:`SEQUENCES`: "pre",
+        "flair", "post"), in this order; preprocessed with all three, then selected.
       preprocess: its ``image_size`` is the side of the model's input (None: the padded
         square's own size); the channels are the three stored ones (times 2c + 1 with
         `context`).
@@ -315,7 +322,8 @@ class LggDataset(Dataset):
     volume_preprocessing = ("patient folders (kaggle_3m layout: <patient>/<patient>_<n>.tif), or folders of them: "
                             "python -m unet_jax.predict --run RUN PATIENT_FOLDER... --output DIR")
 
-    input_options = {"crop": True, "rescale": True, "standardize": True, "head_mask": False, "context": 0}
+    input_options = {"crop": True, "rescale": True, "standardize": True, "head_mask": False, "context": 0,
+                     "sequences": list(SEQUENCES)}
 
     def __init__(
         self,
@@ -336,6 +344,7 @@ class LggDataset(Dataset):
         uniform_share: float | None = 0.1,
         patient_weight_power: float = 0.0,
         context: int = 0,
+        sequences: Sequence[str] = SEQUENCES,
         preprocess: PreprocessConfig = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore",
                                                         image_size=256),
         progress: bool = True,
@@ -352,6 +361,13 @@ class LggDataset(Dataset):
             raise DataError(f"--patient-weight-power {patient_weight_power}: must be >= 0 (0: every patient "
                             "equally likely; 1: in inverse proportion to its abnormal volume)")
         self.context = int(context)
+        if isinstance(sequences, str) or not sequences or len(set(sequences)) != len(sequences) \
+                or not set(sequences) <= set(SEQUENCES):
+            named = sequences if isinstance(sequences, str) else ",".join(map(str, sequences))
+            raise DataError(f"--sequences {named!r}: name one or more of {', '.join(SEQUENCES)}, each once "
+                            "(e.g. flair or pre,flair,post)")
+        self.sequences = tuple(sequences)
+        self._keep = [SEQUENCES.index(s) for s in self.sequences]
         if folders is None:
             self.root = resolve_lgg_dir(root)
         else:  # where the named patient folders live (for messages and results.json)
@@ -499,12 +515,12 @@ class LggDataset(Dataset):
 
     @property
     def channels(self) -> int:
-        return 3 * (2 * self.context + 1)
+        return len(self.sequences) * (2 * self.context + 1)
 
     @property
     def own_channels(self) -> slice:
-        """The input channels of the slice itself (pre-contrast, FLAIR, post-contrast), without
-        the neighbours that `context` adds."""
+        """The stored channels of the slice itself (pre-contrast, FLAIR, post-contrast) in an
+        example before :meth:`preprocess`, without the neighbours that `context` adds."""
         return slice(3 * self.context, 3 * self.context + 3)
 
     def train(self) -> Source:
@@ -536,6 +552,9 @@ class LggDataset(Dataset):
             x = (x - np.tile(vol.mean, n)) / np.tile(vol.std, n)
         elif not self.rescale:
             x = x / np.float32(255.0)
+        if self.sequences != SEQUENCES:
+            h, w = x.shape[:2]
+            x = x.reshape(h, w, -1, 3)[..., self._keep].reshape(h, w, -1)
         label = vol.geometry(np.asarray(example.label, np.uint8), self.preprocessing.image_size,
                              LABEL_INTERPOLATION)
         return example.replace(image=np.ascontiguousarray(x, np.float32), label=label, valid=None)
@@ -622,7 +641,8 @@ class LggDataset(Dataset):
                 "num_train": len(self._train), "num_val": len(self._val), "num_test": len(self._test),
                 "preprocessing": {"crop": self.crop, "rescale": self.rescale, "standardize": self.standardize,
                                   "head_mask": self.head_mask, "bright_background": self.bright_background,
-                                  "image_size": self.preprocessing.image_size, "context": self.context},
+                                  "image_size": self.preprocessing.image_size, "context": self.context,
+                                  "sequences": list(self.sequences)},
                 "sampling": ("uniform" if self.uniform_share is None else
                              f"area-weighted per patient, uniform share {self.uniform_share}")
                 + (f"; patients weighted by abnormal volume ** -{self.patient_weight_power}"
