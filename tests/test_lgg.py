@@ -21,7 +21,7 @@ from unet_jax import metrics
 from unet_jax.config import AugmentConfig, DataConfig, PreprocessConfig, RunConfig
 from unet_jax.data import DataError, Example, InMemorySource
 from unet_jax.data.imageio import read_mask
-from unet_jax.data.lgg import LggDataset, fold_patients, list_patients, make_patient_split, patient_sampling_weights
+from unet_jax.data.lgg import SEQUENCES, LggDataset, fold_patients, list_patients, make_patient_split, patient_sampling_weights
 from unet_jax.data.pipeline import PatchSampler
 from unet_jax.predictor import PredictorError
 from unet_jax.training.run import split_train_val
@@ -295,6 +295,32 @@ def test_context_stacks_each_slices_neighbours_preprocessed_as_the_2d_dataset(tm
         assert ds.describe()["preprocessing"]["context"] == c
 
 
+@pytest.mark.parametrize("context", [0, 1])
+def test_sequences_keep_the_chosen_channels_of_the_three_sequence_input(tmp_path, context):
+    """--sequences against the three-sequence dataset as the reference: the model's input is
+    its channels s of every slice (of three each), in the order named, preprocessed with all
+    three (the same statistics, so equal to the last bit); labels unchanged."""
+    for i, n in enumerate((4, 3)):
+        write_patient(tmp_path, f"P_{i}", n, seed=i)
+    full = LggDataset(tmp_path, split="all", context=context, preprocess=PRE, progress=False)
+    for seq in (("flair",), ("post", "pre"), ("flair", "post")):
+        ds = LggDataset(tmp_path, split="all", context=context, sequences=list(seq), preprocess=PRE, progress=False)
+        assert ds.channels == len(seq) * (2 * context + 1)
+        keep = [3 * j + SEQUENCES.index(s) for j in range(2 * context + 1) for s in seq]
+        for k in range(len(ds.test())):
+            x, ref = ds.preprocess(ds.test()[k]), full.preprocess(full.test()[k])
+            np.testing.assert_array_equal(x.image, ref.image[..., keep])
+            np.testing.assert_array_equal(x.label, ref.label)
+        assert ds.describe()["preprocessing"]["sequences"] == list(seq)
+    assert SEQUENCES == ("pre", "flair", "post")
+    for bad in (["t1"], [], ["flair", "flair"], "flair"):
+        with pytest.raises(DataError, match="--sequences"):
+            LggDataset(tmp_path, split="all", sequences=bad, preprocess=PRE, progress=False)
+    predicting = LggDataset.for_prediction([str(tmp_path)], options={"sequences": ["flair"], "context": context},
+                                           preprocess=PRE, progress=False)
+    assert predicting.channels == 2 * context + 1
+
+
 # ----------------------------------------------------------------------------- splits
 
 
@@ -354,6 +380,15 @@ def test_entry_point_folds_leave_validation_patients_to_the_engine(tmp_path):
          "--image-size", "16", "--no-progress"]))
     a = cfg.data.augment
     assert (a.gamma, a.contrast, a.brightness, a.per_channel, a.channel_group) == (0.4, 0.2, 0.0, True, 3)
+    # --sequences: FLAIR fills in for the other chosen sequences, at their place in the model's input.
+    for names, channels, source, group in (("flair,post", (1,), 0, 2), ("post,pre,flair", (0, 1), 2, 3),
+                                           ("flair", (), 0, 0), ("pre,post", (), 0, 0)):
+        cfg, ds = brain_mri.build(brain_mri.build_parser().parse_args(
+            ["--data-dir", str(tmp_path), "--sequences", names, "--image-size", "16", "--no-progress"]))
+        a = cfg.data.augment
+        assert (a.substitute_channels, a.substitute_source, a.channel_group) == (channels, source, group)
+        assert a.substitute == (0.3 if channels else 0.0)
+        assert cfg.data.options["sequences"] == names.split(",") and ds.channels == len(names.split(","))
 
 
 @pytest.mark.parametrize("flag, value", [("--aug-gamma", "5"), ("--aug-scale", "1.5"), ("--aug-contrast", "-0.1")])
