@@ -12,7 +12,8 @@ the brain, pad to a square, resize to --image-size, 10th-99th percentile rescale
 per-channel standardisation), drawn for training with probability weighted towards slices
 with abnormality (--uniform-share), patients alike or small lesions more often
 (--patient-weight-power), augmented by zoom, rotation, horizontal flips and FLAIR
-in place of the other sequences at random (--flair-substitute).
+in place of the other sequences at random (--flair-substitute). --sequences chooses which
+of the three MRI sequences (pre-contrast, FLAIR, post-contrast) the model sees.
 Validation patients choose the best checkpoint; test patients give the reported figures,
 computed on the stored 256x256 masks: per-patient Dice (every voxel of a patient pooled)
 with mean and median, with and without largest-connected-component post-processing
