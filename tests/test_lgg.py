@@ -21,7 +21,8 @@ from unet_jax import metrics
 from unet_jax.config import AugmentConfig, DataConfig, PreprocessConfig, RunConfig
 from unet_jax.data import DataError, Example, InMemorySource
 from unet_jax.data.imageio import read_mask
-from unet_jax.data.lgg import SEQUENCES, LggDataset, fold_patients, list_patients, make_patient_split, patient_sampling_weights
+from unet_jax.data.lgg import (SEQUENCES, LggDataset, fold_patients, list_patients, make_patient_split,
+                               patient_sampling_weights)
 from unet_jax.data.pipeline import PatchSampler
 from unet_jax.predictor import PredictorError
 from unet_jax.training.run import split_train_val

@@ -84,8 +84,8 @@ from unet_jax.data.base import DataError, Dataset, Example, InMemorySource, Sour
 from unet_jax.data.imageio import read_image, read_mask
 from unet_jax.data.preprocess import LABEL_INTERPOLATION
 
-__all__ = ["LGG_LAYOUT", "SEQUENCES", "LggDataset", "LggSource", "brain_threshold", "list_patients", "make_patient_split",
-           "resolve_lgg_dir", "scan_patient"]
+__all__ = ["LGG_LAYOUT", "SEQUENCES", "LggDataset", "LggSource", "brain_threshold", "list_patients",
+           "make_patient_split", "resolve_lgg_dir", "scan_patient"]
 
 LGG_LAYOUT = """\
 ROOT/TCGA_CS_4941_19960909/TCGA_CS_4941_19960909_1.tif  (256x256x3 slice)
