@@ -38,7 +38,8 @@
 #     of that network only: call 2 / cv exit 4 at once when the two differ and neither STEPS
 #     nor CV_STEPS is given), e.g. `ARCH=attention_unet bash benchmarks/gpu_lgg.sh 1`, then
 #     `ARCH=attention_unet bash benchmarks/gpu_lgg.sh cv`.
-# Environment: PRECISION (bf16), TRAIN_S (330), ARCH (unet), FEATURES (32), CALIBRATION_STEPS
+# Environment: EXTRA (more brain_mri flags for every run, e.g. EXTRA="--sequences flair"; give
+# call 1 the same), PRECISION (bf16), TRAIN_S (330), ARCH (unet), FEATURES (32), CALIBRATION_STEPS
 # (200), STEPS (call 2's steps instead of the calibrated number), WORKERS (0: the host
 # pipeline in one thread of the process; N: grain worker processes), COMPARE_WORKERS (8: call
 # 1 also times the calibration with that many workers, about a minute more; empty: skip). The
@@ -60,8 +61,9 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD/gpu_lgg/site:$PWD"
 PRECISION="${PRECISION:-bf16}" TRAIN_S="${TRAIN_S:-330}" ARCH="${ARCH:-unet}" FEATURES="${FEATURES:-32}"
 CALIBRATION_STEPS="${CALIBRATION_STEPS:-200}" WORKERS="${WORKERS:-0}" COMPARE_WORKERS="${COMPARE_WORKERS-8}"
+read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 RECIPE=(--arch "$ARCH" --features "$FEATURES" --image-size 256 --batch-size 16 --loss-per-image --uniform-share 0.5
-        --precision "$PRECISION" --cache-mb 8192 --workers "$WORKERS" --no-progress)
+        --precision "$PRECISION" --cache-mb 8192 --workers "$WORKERS" --no-progress ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
 echo "== part $PART, $(date -u +%T), $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1)"
 
 if [ "$PART" = 1 ]; then
