@@ -308,13 +308,12 @@ class LggDataset(Dataset):
         (:func:`patient_sampling_weights`); 0 (default): each patient equally likely, as in
         the reference; 1: in inverse proportion to the abnormal volume.
       context: the c neighbouring slices on each side fed as extra channels (2.5D input:
-        3 * (2c + 1) channels, slices k-c..k+c of three each; the end slices repeated at a
-        volume's ends); 0: the slice alone.
+        3 * (2c + 1) channels with the three sequences, slices k-c..k+c of three each; the
+        end slices repeated at a volume's ends); 0: the slice alone.
       sequences: the stored channels the model sees, by name (:data:`SEQUENCES`: "pre",
         "flair", "post"), in this order; preprocessed with all three, then selected.
       preprocess: its ``image_size`` is the side of the model's input (None: the padded
-        square's own size); the channels are the three stored ones (times 2c + 1 with
-        `context`).
+        square's own size); the channels are `sequences` (times 2c + 1 with `context`).
       progress: a progress bar while reading the volumes.
     """
 
