@@ -98,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "spread kept (nnU-Net's gamma augmentation); 0: off")
     g.add_argument("--no-aug-flip", dest="aug_flip", action="store_false", help="no random horizontal flips")
     g.add_argument("--flair-substitute", type=float, default=0.3,
-                   help="training: each of pre- and post-contrast replaced by FLAIR with this probability, as the "
-                        "Kaggle set fills a missing sequence (a few patients have FLAIR in two or all channels); "
-                        "0: off")
+                   help="training: each of pre- and post-contrast (those of --sequences) replaced by FLAIR with "
+                        "this probability, as the Kaggle set fills a missing sequence (a few patients have FLAIR in "
+                        "two or all channels); 0: off")
     g.add_argument("--cache-mb", type=int, default=DataConfig().cache_mb,
                    help="keep the preprocessed training slices in memory if they fit, else read them per step")
     cli.add_augment_args(g)

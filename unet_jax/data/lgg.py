@@ -541,7 +541,7 @@ class LggDataset(Dataset):
 
     def preprocess(self, example: Example) -> Example:
         """The model's input: the slice through its volume's crop, pad, resize and intensity
-        statistics; the label likewise (nearest neighbour)."""
+        statistics, then its chosen `sequences`; the label likewise (nearest neighbour)."""
         vol = self.volume(example.case_id)
         x = self._geometry(vol, np.asarray(example.image))
         if self.rescale:
