@@ -13,7 +13,8 @@ per-channel standardisation), drawn for training with probability weighted towar
 with abnormality (--uniform-share), patients alike or small lesions more often
 (--patient-weight-power), augmented by zoom, rotation, horizontal flips and FLAIR
 in place of the other sequences at random (--flair-substitute). --sequences chooses which
-of the three MRI sequences (pre-contrast, FLAIR, post-contrast) the model sees.
+of the three MRI sequences (pre-contrast, FLAIR, post-contrast) the model sees;
+--soft-labels trains on the masks' area fractions at the model's resolution.
 Validation patients choose the best checkpoint; test patients give the reported figures,
 computed on the stored 256x256 masks: per-patient Dice (every voxel of a patient pooled)
 with mean and median, with and without largest-connected-component post-processing
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sequences", type=_sequences, default=SEQUENCES, metavar="NAMES",
                    help="the MRI sequences the model sees, comma-separated, of pre, flair, post (e.g. flair); "
                         "the volume preprocessing uses all three")
+    g.add_argument("--soft-labels", action="store_true",
+                   help="train on the masks' area fractions on the model's grid (each pixel: the share the mask "
+                        "covers) instead of nearest-neighbour labels; figures are on the stored masks either way")
     g.add_argument("--aug-scale", type=float, default=0.05, help="random zoom by up to this fraction")
     g.add_argument("--aug-rotate", type=float, default=15.0, help="random rotation by up to this many degrees")
     g.add_argument("--aug-contrast", type=float, default=0.0, metavar="C",
@@ -151,7 +155,8 @@ def build(a: argparse.Namespace) -> tuple[RunConfig, data.Dataset]:
         "crop": a.crop, "rescale": a.rescale, "standardize": a.standardize, "head_mask": a.head_mask is not False,
         "uniform_share": a.uniform_share if a.uniform_share >= 0 else None,
         "patient_weight_power": a.patient_weight_power, "context": a.context,
-        "sequences": list(a.sequences)}
+        "sequences": list(a.sequences),
+        **({"soft_labels": True} if a.soft_labels else {})}  # absent when off: older runs still --resume
     pre = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore", image_size=a.image_size)
     dataset = data.get("lgg", preprocess=pre, progress=a.progress, **options)
     cfg = RunConfig(

@@ -108,6 +108,26 @@ def test_augmentations_keep_image_label_and_mask_aligned(source):
     assert len(orient) == 8
 
 
+def test_soft_labels_stay_float_fractions(source):
+    """Soft binary labels (float, in [0, 1]) go to the device as float32 and come back in
+    each patch as they were at its pixels' sources, through every symmetry."""
+    def soft_of(r, c, k):
+        return (0.75 * _label_of(r, c, k) + 0.125 * ((r + c) % 2)).astype(np.float32)
+
+    exs = []
+    for i in range(len(source)):
+        ex = source[i]
+        r, c = np.mgrid[:ex.label.shape[0], :ex.label.shape[1]]
+        exs.append(Example(ex.id, ex.image, soft_of(r, c, i), ex.valid))
+    data = prepare_device_data(InMemorySource(exs), 32)
+    assert data.labels.dtype == np.float32
+    batch = jax.jit(DeviceSampler(patch_size=32, augment=GEOMETRIC).sample_batch)(
+        jax.device_put(data), jax.random.split(jax.random.key(2), 200))
+    r, c, k = _decode(np.asarray(batch["image"]))
+    real = r >= 0
+    np.testing.assert_array_equal(np.asarray(batch["label"])[..., 0][real], soft_of(r, c, k)[real])
+
+
 def _window_cells(image, cell):
     """(image index, top // cell, left // cell) of unaugmented patches (pixel (0, 0) decoded)."""
     r, c, k = _decode(image[:, :1, :1])

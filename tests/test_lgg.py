@@ -159,6 +159,30 @@ def test_resized_masks_stay_where_they_were(tmp_path, image_size):
     assert np.abs(centroid(back) - centroid(ref)).max() < 0.25  # sampling about centres: 0.13 at most here
 
 
+def test_soft_labels_are_the_masks_area_fractions(tmp_path):
+    """soft_labels: each model pixel holds the share of its area that the stored mask covers.
+    References: at 24x24 (48 -> 24, a factor of 2) the mean of its 2x2 stored pixels; at 32x32
+    (a factor of 1.5) fractions in [0, 1] whose total area, times 1.5 ** 2, is the mask's,
+    with 1 where the pixel lies inside the disc. The images and what is scored do not change."""
+    stored = write_disc_patient(tmp_path)
+    for size in (24, 32):
+        hard = disc_dataset(tmp_path, size)
+        pre = PreprocessConfig(channels="rgb", clahe=False, normalize="zscore", image_size=size)
+        soft = LggDataset(tmp_path, split="all", soft_labels=True, progress=False, preprocess=pre)
+        assert soft.describe()["preprocessing"]["training_labels"] == "area fractions"
+        assert hard.describe()["preprocessing"]["training_labels"] == "nearest"
+        for i, disc in enumerate(stored):
+            ex = soft.test()[i]
+            x, y = soft.preprocess(ex), hard.preprocess(hard.test()[i])
+            np.testing.assert_array_equal(x.image, y.image)
+            assert x.label.dtype == np.float32 and 0 <= x.label.min() and x.label.max() <= 1
+            if size == 24:
+                blocks = disc.reshape(24, 2, 24, 2).astype(np.float64).mean(axis=(1, 3))
+                np.testing.assert_allclose(x.label, blocks, rtol=0, atol=1e-6)
+            assert x.label.astype(np.float64).sum() * (48 / size) ** 2 == pytest.approx(disc.sum(), rel=1e-5)
+            assert np.array_equal(ex.label, disc)  # figures are computed on the stored mask
+
+
 def test_resize_ceiling_scores_the_masks_round_trip(tmp_path):
     """benchmarks.lgg_resize_ceiling: 1 without a resize; after 48 -> 32 and back, the Dice of
     the round trip as computed here with numpy, for each label resize."""
@@ -390,6 +414,11 @@ def test_entry_point_folds_leave_validation_patients_to_the_engine(tmp_path):
         assert (a.substitute_channels, a.substitute_source, a.channel_group) == (channels, source, group)
         assert a.substitute == (0.3 if channels else 0.0)
         assert cfg.data.options["sequences"] == names.split(",") and ds.channels == len(names.split(","))
+    assert "soft_labels" not in cfg.data.options and not ds.soft_labels  # old runs' options still --resume
+    cfg, ds = brain_mri.build(brain_mri.build_parser().parse_args(
+        ["--data-dir", str(tmp_path), "--soft-labels", "--image-size", "16", "--no-progress"]))
+    assert cfg.data.options["soft_labels"] is True and ds.soft_labels
+    assert ds.preprocess(ds.train()[0]).label.dtype == np.float32
 
 
 @pytest.mark.parametrize("flag, value", [("--aug-gamma", "5"), ("--aug-scale", "1.5"), ("--aug-contrast", "-0.1")])

@@ -361,6 +361,26 @@ def test_small_images_are_padded_with_invalid_pixels():
         np.testing.assert_array_equal(b["label"][:, :10, :12], 2)
 
 
+def test_soft_labels_keep_their_fractions_and_warp_linearly_like_the_image():
+    """A float label is a soft binary label: moved as it is by flips and 90-degree rotations,
+    and interpolated linearly like the image by zoom and rotation (class ids: nearest). The
+    reference: a label linear in the column, c / (W - 1), so a warped patch's label is its
+    warped column (image channel 1) over W - 1 at every pixel, the zero border included;
+    nearest-neighbour labels miss that by up to half a pixel (0.004 here)."""
+    images, _, fovs = _coord_data()
+    soft = [np.broadcast_to(np.arange(W, dtype=np.float32) / (W - 1), (H, W)) for _ in images]
+    b = _ds(images, soft, fovs, patch_size=P, batch_size=64, augment=GEOM_ONLY)[0]
+    k, r, c = _decode(b)
+    np.testing.assert_array_equal(b["label"][..., 0], soft[0][r, c])
+    warped = AugmentConfig(flips=False, rot90=False, brightness=0.0, contrast=0.0, scale=0.2, rotate=30.0)
+    b = _ds(images, soft, fovs, patch_size=P, batch_size=64, augment=warped)[0]
+    assert not np.array_equal(b["label"], np.rint(b["label"] * (W - 1)) / (W - 1))  # between columns
+    np.testing.assert_allclose(b["label"][..., 0], b["image"][..., 1] / (W - 1), rtol=0, atol=1e-5)
+    for bad in (1.5, -0.1, np.nan):
+        with pytest.raises(ValueError, match="example 0: a floating-point label .* must lie in"):
+            _ds(images[:1], [np.full((H, W), bad, np.float32)], fovs[:1], patch_size=P)
+
+
 def test_no_clip_for_standardised_images():
     rng = np.random.default_rng(1)
     images = [rng.normal(size=(H, W, 1)).astype(np.float32) * 3]

@@ -52,7 +52,9 @@ class Example:
     Attributes:
       id: unique within its split, used for output file names.
       image: (H, W, C) as stored (uint8 / uint16) or, once preprocessed, float32.
-      label: (H, W) integer class ids, 0 = background (binary tasks: {0, 1}).
+      label: (H, W) integer class ids, 0 = background (binary tasks: {0, 1}); a training
+        example of a binary task may instead carry a float soft label, the foreground's
+        share of each pixel in [0, 1] (e.g. a mask resized by area).
       valid: optional (H, W) {0, 1} region that counts (DRIVE's field of view): the loss
         and every metric ignore pixels outside it. None: every pixel counts.
       case: the volume or patient the image belongs to (per-case metrics pool its

@@ -52,7 +52,7 @@ class DeviceData:
     """The training set as arrays (numpy on the host, jax.Array once placed).
 
     images: (N, H, W, C) uint8 codes (see `lut`) or float32, zero-padded to the largest image.
-    labels: (N, H, W) uint8 class ids. valid: (N, H, W) uint8 {0, 1}, 0 on all padding.
+    labels: (N, H, W) uint8 class ids, or float32 soft binary labels. valid: (N, H, W) uint8 {0, 1}, 0 on all padding.
     sizes: (N, 2) int32 height and width of each image (after padding to the patch size).
     valid_rows, fg_rows: (N, H + 1) int32 counts of valid / foreground-and-valid pixels in
       the rows above each row (cumulative; the last entry is the total).
@@ -95,7 +95,8 @@ def prepare_device_data(source: Source, patch_size: int, quantize: bool = True) 
     h = max(p.image.shape[0] for p in preps)
     w = max(p.image.shape[1] for p in preps)
     images = np.zeros((n, h, w, c), np.float32)
-    labels = np.zeros((n, h, w), np.uint8)
+    soft = any(p.label.dtype == np.float32 for p in preps)  # soft binary labels (PreparedExample)
+    labels = np.zeros((n, h, w), np.float32 if soft else np.uint8)
     valid = np.zeros((n, h, w), np.uint8)
     sizes = np.zeros((n, 2), np.int32)
     for i, p in enumerate(preps):

@@ -59,7 +59,11 @@ Batch = dict[str, np.ndarray]
 
 
 class PreparedExample:
-    """One example ready for sampling: (H, W, C) float32 image, label, valid mask, centre pools."""
+    """One example ready for sampling: (H, W, C) float32 image, label, valid mask, centre pools.
+
+    An integer label holds class ids (uint8); a floating-point one is a soft binary label, the
+    foreground's share of each pixel in [0, 1] (kept float32, warped with linear interpolation).
+    """
 
     __slots__ = ("image", "label", "valid", "valid_idx", "fg_idx")
 
@@ -76,6 +80,10 @@ class PreparedExample:
                 f"example {ex.id}: the image is {img.shape[:2]} but the label is {lab.shape}"
                 + ("" if valid is None else f" and the valid mask is {valid.shape}")
             )
+        soft = np.issubdtype(lab.dtype, np.floating)
+        if soft and not ((lab >= 0.0) & (lab <= 1.0)).all():  # NaN fails both
+            raise ValueError(f"example {ex.id}: a floating-point label is a soft binary label (the foreground's "
+                             "share of each pixel) and must lie in [0, 1]; give class ids as integers")
         h, w = img.shape[:2]
         ph, pw = max(patch_size - h, 0), max(patch_size - w, 0)
         if ph or pw:  # a small image: pad, and mark the padding as not valid
@@ -83,7 +91,7 @@ class PreparedExample:
             img = np.pad(img, ((0, ph), (0, pw), (0, 0)))
             lab, valid = np.pad(lab, ((0, ph), (0, pw))), np.pad(valid, ((0, ph), (0, pw)))
         self.image = np.ascontiguousarray(img)
-        self.label = np.ascontiguousarray(lab, dtype=np.uint8)
+        self.label = np.ascontiguousarray(lab, dtype=np.float32 if soft else np.uint8)
         self.valid = None if valid is None else np.ascontiguousarray(valid > 0, dtype=np.uint8)
         # Flat indices of the pixels a centre may fall on (None: every pixel).
         self.valid_idx = None if self.valid is None else np.flatnonzero(self.valid).astype(np.int32)
@@ -267,7 +275,8 @@ def _gamma(x: np.ndarray, gamma: Any, axis: int | None) -> np.ndarray:
 def _zoom_rotate(image: np.ndarray, label: np.ndarray, mask: np.ndarray, rng: np.random.Generator, scale: float,
                  rotate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A random zoom in [1 - scale, 1 + scale] and rotation in [-rotate, rotate] degrees
-    about the patch centre; what comes from outside the patch is 0 (mask 0: not counted)."""
+    about the patch centre; what comes from outside the patch is 0 (mask 0: not counted).
+    Class ids are warped nearest-neighbour, soft (float) labels linearly like the image."""
     factor = rng.uniform(1.0 - scale, 1.0 + scale) if scale > 0.0 else 1.0
     angle = rng.uniform(-rotate, rotate) if rotate > 0.0 else 0.0
     h, w = label.shape
@@ -280,7 +289,8 @@ def _zoom_rotate(image: np.ndarray, label: np.ndarray, mask: np.ndarray, rng: np
         out = cv2.warpAffine(a, m, (w, h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         return out.reshape(a.shape)
 
-    return (warp(image.astype(np.float32), cv2.INTER_LINEAR), warp(label, cv2.INTER_NEAREST),
+    label_interpolation = cv2.INTER_LINEAR if np.issubdtype(label.dtype, np.floating) else cv2.INTER_NEAREST
+    return (warp(image.astype(np.float32), cv2.INTER_LINEAR), warp(label, label_interpolation),
             warp(mask, cv2.INTER_NEAREST))
 
 
