@@ -12,7 +12,8 @@ ceiling. Label resizes:
 * ``nearest``: cv2.INTER_NEAREST, the labels' resize before commit 34b22fe (output pixel i
   takes input pixel floor(i * scale): half an output pixel off);
 * ``nearest_exact``: cv2.INTER_NEAREST_EXACT, the labels' resize since (about pixel centres);
-* ``area``: the mask's area fractions (soft labels), what a model trained on them could output.
+* ``area``: the mask's area fractions (soft labels, what ``experiments.brain_mri --soft-labels``
+  trains on), what a model trained on them could output.
 """
 
 from __future__ import annotations
