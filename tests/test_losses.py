@@ -466,6 +466,28 @@ def test_get_loss_per_image_binds_the_option(case):
                  ref_bce(xr, yr, wr) + ref_dice(xr, yr, wr, per_image=True), rtol=1e-3, atol=1e-4)
 
 
+@SETTINGS
+@given(case=cases(), per_image=st.booleans())
+def test_get_loss_binds_tversky_weights(case, per_image):
+    """get_loss("tversky", alpha=, beta=) is the Tversky loss with those weights (numpy
+    reference), per image too; an option the loss does not take is refused by name."""
+    x, labels, mask, xr, yr, wr = case
+    fn = losses.get_loss("tversky", per_image=per_image, alpha=0.3, beta=0.7)
+    assert_close(fn(x, labels, mask=mask), ref_tversky(xr, yr, wr, 0.3, 0.7, per_image=per_image),
+                 rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="'dice' takes no option alpha, beta"):
+        losses.get_loss("dice", alpha=0.3, beta=0.7)
+
+
+def test_tversky_weights_need_the_tversky_loss():
+    from unet_jax.config import ConfigError, TrainConfig
+
+    assert (TrainConfig(loss="tversky", tversky_alpha=0.3, tversky_beta=0.7).tversky_beta) == 0.7
+    for kw in ({"tversky_beta": 0.7}, {"loss": "tversky", "tversky_alpha": -0.1}):
+        with pytest.raises(ConfigError, match="tversky_"):
+            TrainConfig(**kw)
+
+
 def test_get_loss_per_image_refuses_losses_without_the_option():
     for name in ["bce", "focal", "mse", "cldice"]:
         with pytest.raises(ValueError, match=f"{name!r} has no per-image form") as err:

@@ -43,6 +43,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--optimizer", choices=["adam", "adamw"], default=t.optimizer)
     g.add_argument("--weight-decay", type=float, default=t.weight_decay)
     g.add_argument("--loss", choices=sorted(losses.LOSSES), default=t.loss)
+    g.add_argument("--tversky-alpha", type=float, default=t.tversky_alpha, metavar="A",
+                   help="--loss tversky: weight of false positives (0.5 with --tversky-beta 0.5 is Dice)")
+    g.add_argument("--tversky-beta", type=float, default=t.tversky_beta, metavar="B",
+                   help="--loss tversky: weight of false negatives (above --tversky-alpha favours recall)")
     g.add_argument("--loss-per-image", action="store_true",
                    help="the loss's overlap term (Dice, IoU, Tversky) per image, then averaged, instead of pooled "
                         "over the batch (small lesions weigh as much as large ones); keep a BCE term (bce_dice) where "
@@ -125,7 +129,8 @@ def model_config(a: argparse.Namespace) -> ModelConfig:
 def train_config(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps, optimizer=a.optimizer,
-        weight_decay=a.weight_decay, loss=a.loss, loss_per_image=a.loss_per_image, seed=a.seed,
+        weight_decay=a.weight_decay, loss=a.loss, loss_per_image=a.loss_per_image, tversky_alpha=a.tversky_alpha,
+        tversky_beta=a.tversky_beta, seed=a.seed,
         eval_every=a.eval_every, log_every=a.log_every, threshold=a.threshold, ignore_empty=a.ignore_empty,
         select=a.select, precision=a.precision, bn_sync=a.bn_sync, checkpoint_every=a.checkpoint_every, keep=a.keep,
         steps_per_call=a.steps_per_call, ema_decay=a.ema_decay,

@@ -236,6 +236,10 @@ class TrainConfig:
     # Overlap terms (Dice, IoU, Tversky) per image, then averaged, instead of pooled over the
     # batch: small lesions weigh as much as large ones (MONAI DiceLoss's batch=False).
     loss_per_image: bool = False
+    # loss "tversky": weights of false positives (alpha) and false negatives (beta); 0.5 and
+    # 0.5 is Dice, beta > alpha favours recall.
+    tversky_alpha: float = 0.5
+    tversky_beta: float = 0.5
     seed: int = 0
     eval_every: int = 250
     log_every: int = 25
@@ -265,6 +269,10 @@ class TrainConfig:
             ("end_lr_fraction", 0 <= self.end_lr_fraction <= 1, "must be in [0, 1]"),
             ("optimizer", self.optimizer in ("adam", "adamw"), "one of adam, adamw"),
             ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("tversky_alpha", self.tversky_alpha >= 0 and (self.loss == "tversky" or self.tversky_alpha == 0.5),
+             "must be >= 0, and is used by loss 'tversky' only (--loss tversky)"),
+            ("tversky_beta", self.tversky_beta >= 0 and (self.loss == "tversky" or self.tversky_beta == 0.5),
+             "must be >= 0, and is used by loss 'tversky' only (--loss tversky)"),
             ("grad_clip", self.grad_clip >= 0, "must be >= 0 (0 disables)"),
             ("eval_every", self.eval_every >= 1, "must be >= 1"),
             ("log_every", self.log_every >= 1, "must be >= 1"),

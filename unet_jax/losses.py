@@ -472,17 +472,24 @@ LOSSES: dict[str, LossFn] = {
 }
 
 
-def get_loss(name: str, *, per_image: bool = False) -> LossFn:
+def get_loss(name: str, *, per_image: bool = False, **options: Any) -> LossFn:
     """Looks up a loss in :data:`LOSSES`; raises ``ValueError`` for unknown names.
 
     ``per_image=True`` returns the loss with its ``per_image`` option bound (overlap sums
     per image, then averaged: MONAI ``DiceLoss(batch=False)``), so a small lesion weighs as
-    much as a large one; a loss without that option raises ``ValueError``.
+    much as a large one; a loss without that option raises ``ValueError``. ``options`` are
+    bound too (e.g. ``get_loss("tversky", alpha=0.3, beta=0.7)``); one the loss does not
+    take raises ``ValueError``.
     """
     try:
         fn = LOSSES[name]
     except (KeyError, TypeError):
         raise ValueError(f"Unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}") from None
+    unknown = sorted(set(options) - set(inspect.signature(fn).parameters))
+    if unknown:
+        raise ValueError(f"loss {name!r} takes no option {', '.join(unknown)}")
+    if options:
+        fn = functools.partial(fn, **options)
     if not per_image:
         return fn
     if "per_image" not in inspect.signature(fn).parameters:
