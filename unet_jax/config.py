@@ -288,6 +288,12 @@ class TrainConfig:
              "must be 0 (automatic) or >= 1 and divide steps, log_every, eval_every and checkpoint_every"),
         ], self)
 
+    @property
+    def loss_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`unet_jax.losses.get_loss` beside the loss's name."""
+        weights = {"alpha": self.tversky_alpha, "beta": self.tversky_beta} if self.loss == "tversky" else {}
+        return {"per_image": self.loss_per_image, **weights}
+
     def resolved_steps_per_call(self, device_data: bool) -> int:
         """Steps per dispatch: `steps_per_call` when set; when 0, 1 with the host pipeline and
         with device-resident data the largest divisor of steps, log_every, eval_every and

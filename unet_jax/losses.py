@@ -485,17 +485,16 @@ def get_loss(name: str, *, per_image: bool = False, **options: Any) -> LossFn:
         fn = LOSSES[name]
     except (KeyError, TypeError):
         raise ValueError(f"Unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}") from None
-    unknown = sorted(set(options) - set(inspect.signature(fn).parameters))
+    params = inspect.signature(fn).parameters
+    unknown = sorted(set(options) - set(params))
     if unknown:
         raise ValueError(f"loss {name!r} takes no option {', '.join(unknown)}")
-    if options:
-        fn = functools.partial(fn, **options)
-    if not per_image:
-        return fn
-    if "per_image" not in inspect.signature(fn).parameters:
-        with_option = sorted(n for n, f in LOSSES.items() if "per_image" in inspect.signature(f).parameters)
-        raise ValueError(f"loss {name!r} has no per-image form; per-image losses: {', '.join(with_option)}")
-    return functools.partial(fn, per_image=True)
+    if per_image:
+        if "per_image" not in params:
+            with_option = sorted(n for n, f in LOSSES.items() if "per_image" in inspect.signature(f).parameters)
+            raise ValueError(f"loss {name!r} has no per-image form; per-image losses: {', '.join(with_option)}")
+        options["per_image"] = True
+    return functools.partial(fn, **options) if options else fn
 
 
 def deep_supervision_loss(

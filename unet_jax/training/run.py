@@ -256,9 +256,7 @@ def train_and_evaluate(cfg: RunConfig, dataset: Dataset, workdir: str | Path, *,
     fit_src, val_src = (train_all, fixed_val or None) if fixed_val is not None else split_train_val(cfg, train_all)
     if len(test_src) == 0:
         raise ValueError(f"the {dataset.name} test split is empty: nothing to report figures on")
-    t = cfg.train
-    loss_fn = losses.get_loss(t.loss, per_image=t.loss_per_image,
-                              **({"alpha": t.tversky_alpha, "beta": t.tversky_beta} if t.loss == "tversky" else {}))
+    loss_fn = losses.get_loss(cfg.train.loss, **cfg.train.loss_options)
     if is_main:
         prepare_workdir(workdir, overwrite=overwrite, resume=resume)
     if jax.process_count() > 1:
