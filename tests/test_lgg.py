@@ -433,6 +433,21 @@ def test_entry_point_names_the_augmentation_flag_of_a_bad_value(tmp_path, capsys
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--aux-heads", "4"], "invalid value for --aux-heads: 4 (must be in 0..depth - 1 = 3)"),
+    (["--arch", "unetpp", "--aux-heads", "1"], "invalid value for --aux-heads: 1 (unetpp has no auxiliary heads"),
+])
+def test_entry_point_names_the_aux_heads_flag_of_a_bad_value(tmp_path, capsys, flags, message):
+    from experiments import brain_mri
+
+    for i in range(3):
+        write_patient(tmp_path / "data", f"P_{i}", 3, seed=i, size=16)
+    code = brain_mri.main(["--data-dir", str(tmp_path / "data"), *flags, "--image-size", "16", "--no-progress",
+                           "--workdir", str(tmp_path / "run")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_entry_point_patch_size_defaults_to_the_whole_slice_and_is_checked(tmp_path):
     from experiments import brain_mri
 

@@ -146,3 +146,72 @@ def test_pool_mode_reaches_every_pooling_and_keeps_the_parameters(arch):
         prims[mode, "tree"] = jax.tree.structure(v)
     assert prims["window", "tree"] == prims["reshape", "tree"]
     assert "reduce_window_max" in prims["window"] and "reduce_window_max" not in prims["reshape"]
+
+
+def _bilinear_up(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resizes (H, W) up to `shape` linearly with half-pixel centres, edges clamped (float64)."""
+    for axis, n in enumerate(shape):
+        src = np.clip((np.arange(n) + 0.5) * a.shape[axis] / n - 0.5, 0, a.shape[axis] - 1)
+        a = np.apply_along_axis(lambda v: np.interp(src, np.arange(v.size), v), axis, a)
+    return a
+
+
+def test_aux_heads_are_upsampled_1x1_heads_on_the_coarser_decoder_levels():
+    hw = (21, 27)  # padded to 24 x 32: pads (1, 2) rows and (2, 3) columns
+    model = models.create("unet", features=4, depth=3, in_channels=1, aux_heads=2)
+    x = jax.random.normal(jax.random.key(1), (2, *hw, 1))
+    v = init_variables(model, x.shape, jax.random.key(0))
+    heads, upd = jax.jit(functools.partial(
+        model.apply, train=True, mutable=["batch_stats", "intermediates"],
+        capture_intermediates=lambda m, method: m.name in ("dec2", "dec3")))(v, x)
+    assert isinstance(heads, list) and len(heads) == 3
+    assert all(h.shape == (2, *hw, 1) and h.dtype == jnp.float32 for h in heads)
+    for head, level in zip(heads[1:], (2, 3)):  # 1/2 and 1/4 of the padded 24 x 32
+        feature = np.asarray(upd["intermediates"][f"dec{level}"]["__call__"][0], np.float64)
+        assert feature.shape[1:3] == (24 // 2 ** (level - 1), 32 // 2 ** (level - 1))
+        p = v["params"][f"aux_head{level}"]
+        kernel, bias = np.asarray(p["kernel"], np.float64)[0, 0], np.asarray(p["bias"], np.float64)
+        logits = feature @ kernel + bias
+        want = np.stack([_bilinear_up(logits[n, ..., 0], (24, 32))[1:22, 2:29] for n in range(2)])[..., None]
+        # float32 rounding of the 1x1 conv and the resize: a few ulps of the terms' magnitude.
+        tol = 64 * np.finfo(np.float32).eps * (np.abs(feature) @ np.abs(kernel) + np.abs(bias)).max()
+        np.testing.assert_allclose(np.asarray(head), want, rtol=0, atol=tol)
+
+
+def test_aux_heads_leave_the_plain_unet_as_it_is():
+    # Same initial weights for the shared layers (flax derives each layer's key from its
+    # name), the plain network's output as the main head, and only that in evaluation.
+    x = jax.random.normal(jax.random.key(3), (2, 12, 12, 3))
+    plain = models.create("unet", features=4, depth=2)
+    deep = models.create("unet", features=4, depth=2, aux_heads=1)
+    vp, vd = init_variables(plain, x.shape, jax.random.key(0)), init_variables(deep, x.shape, jax.random.key(0))
+    assert set(vd["params"]) - set(vp["params"]) == {"aux_head2"}
+    shared = {"params": {k: p for k, p in vd["params"].items() if k != "aux_head2"}, "batch_stats": vd["batch_stats"]}
+    for a, b in zip(jax.tree.leaves(shared), jax.tree.leaves(vp)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(deep.apply(vd, x, train=False), plain.apply(vp, x, train=False))
+    (main, aux), stats_d = deep.apply(vd, x, train=True, mutable=["batch_stats"])
+    out, stats_p = plain.apply(vp, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_array_equal(main, out)
+    assert aux.shape == out.shape and not np.allclose(aux, out)
+    for a, b in zip(jax.tree.leaves(stats_d), jax.tree.leaves(stats_p)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_aux_heads_out_of_range_or_on_other_networks_are_refused():
+    from unet_jax.config import ConfigError, ModelConfig
+
+    with pytest.raises(ValueError, match="aux_heads must be in 0..2"):
+        _init(models.create("unet", features=4, depth=3, aux_heads=3), (1, 16, 16, 3))
+    with pytest.raises(ConfigError, match=r"model.aux_heads = 4: must be in 0..depth - 1 = 3"):
+        ModelConfig(aux_heads=4)
+    for arch in ("unetpp", "resunet34"):
+        with pytest.raises(ConfigError, match=f"{arch} has no auxiliary heads; only attention_unet, unet"):
+            ModelConfig(arch=arch, aux_heads=1)
+    assert ModelConfig(arch="attention_unet", aux_heads=3).aux_heads == 3
+    # Attention U-Net inherits them: main and two auxiliary heads at the input size.
+    model = models.create("attention_unet", features=4, depth=3, aux_heads=2)
+    v = _init(model, (1, 16, 16, 3))
+    heads = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0], v,
+                           jnp.zeros((2, 20, 20, 3)))
+    assert [h.shape for h in heads] == [(2, 20, 20, 1)] * 3 and {"aux_head2", "aux_head3"} <= set(v["params"])

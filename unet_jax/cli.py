@@ -35,6 +35,10 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pool", choices=POOL_MODES, default=m.pool,
                    help="2x2 max pooling as reduce_window (window) or as a maximum over reshaped 2x2 blocks "
                         "(reshape: same output, a gradient without select_and_scatter)")
+    g.add_argument("--aux-heads", type=int, default=m.aux_heads, metavar="K",
+                   help="unet/attention_unet deep supervision: 1x1 heads on the K decoder levels below the last "
+                        "(1/2, 1/4, ... size, resized to the input), trained with the main head (the loss is "
+                        "averaged over the K+1 heads); evaluation and inference use the main head only")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=t.steps)
     g.add_argument("--batch-size", type=int, default=t.batch_size)
@@ -123,7 +127,8 @@ def augment_config(a: argparse.Namespace) -> AugmentConfig:
 
 
 def model_config(a: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(arch=a.arch, features=a.features, depth=a.depth, norm=a.norm, upsample=a.upsample, pool=a.pool)
+    return ModelConfig(arch=a.arch, features=a.features, depth=a.depth, norm=a.norm, upsample=a.upsample, pool=a.pool,
+                       aux_heads=a.aux_heads)
 
 
 def train_config(a: argparse.Namespace) -> TrainConfig:

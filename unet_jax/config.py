@@ -208,6 +208,9 @@ class ModelConfig:
     norm: str = "batch"
     upsample: str = "auto"
     pool: str = "window"
+    # Deep supervision of the U-Net family (unet, attention_unet): auxiliary heads on the
+    # decoder levels below the last, trained with the main head (models.UNet.aux_heads).
+    aux_heads: int = 0
 
     def __post_init__(self):
         _check("model", [
@@ -216,7 +219,15 @@ class ModelConfig:
             ("norm", self.norm in ("batch", "group", "none"), "one of batch, group, none"),
             ("upsample", self.upsample in UPSAMPLE_MODES, f"one of {', '.join(UPSAMPLE_MODES)}"),
             ("pool", self.pool in POOL_MODES, f"one of {', '.join(POOL_MODES)}"),
+            ("aux_heads", 0 <= self.aux_heads < self.depth, f"must be in 0..depth - 1 = {self.depth - 1}"),
         ], self)
+        if self.aux_heads:
+            from unet_jax import models  # here: the models import this module
+
+            with_heads = [a for a in models.available() if "aux_heads" in models.options(a)]
+            _check("model", [("aux_heads", self.arch in with_heads,
+                              f"{self.arch} has no auxiliary heads; only {', '.join(with_heads)} "
+                              "(unetpp's deep supervision is its own)")], self)
 
 
 SELECT_METRICS = ("dice", "dice_per_case_mean")

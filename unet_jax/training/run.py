@@ -139,9 +139,10 @@ def initial_state(cfg: RunConfig, channels: int, num_classes: int, bn_axis_name:
     output per class.
     """
     m = cfg.model
-    # Fixed-width networks (resunet34) have no features/depth/norm/upsample/pool options.
+    # Fixed-width networks (resunet34) have no features/depth/norm/upsample/pool options;
+    # ModelConfig refuses aux_heads > 0 for a network without them.
     shape_cfg = {k: v for k, v in dict(features=m.features, depth=m.depth, norm=m.norm, upsample=m.upsample,
-                                       pool=m.pool).items()
+                                       pool=m.pool, aux_heads=m.aux_heads).items()
                  if k in models.options(m.arch)}
     model = models.create(m.arch, in_channels=channels, out_channels=1 if num_classes == 2 else num_classes,
                           bn_axis_name=bn_axis_name, dtype=jnp.bfloat16 if cfg.train.precision == "bf16" else None,
