@@ -215,3 +215,8 @@ def test_aux_heads_out_of_range_or_on_other_networks_are_refused():
     heads = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0], v,
                            jnp.zeros((2, 20, 20, 3)))
     assert [h.shape for h in heads] == [(2, 20, 20, 1)] * 3 and {"aux_head2", "aux_head3"} <= set(v["params"])
+    # bfloat16 compute: every head's logits come out float32, as the main head's do.
+    model = models.create("unet", features=4, depth=3, aux_heads=2, dtype=jnp.bfloat16)
+    heads = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0],
+                           _init(model, (1, 16, 16, 3)), jnp.zeros((2, 16, 16, 3)))
+    assert [h.dtype for h in heads] == [jnp.float32] * 3
