@@ -185,9 +185,14 @@ def crop_padding(x: jax.Array, pads: tuple[int, int, int, int]) -> jax.Array:
     return x[:, top : h - bottom, left : w - right, :]
 
 
-def output_logits(x: jax.Array, pads: tuple[int, int, int, int]) -> jax.Array:
+def output_logits(x: jax.Array, pads: tuple[int, int, int, int], size: tuple[int, int] | None = None) -> jax.Array:
     """The head's output cropped back to the input size, in float32 at least.
 
-    bfloat16 logits would round the loss; float64 (parity tests under x64) stays float64.
+    bfloat16 logits would round the loss (and a resize); float64 (parity tests under x64)
+    stays float64. `size` (the padded input's H, W): a coarser head's logits are first
+    resized bilinearly (half-pixel centres) to it, e.g. U-Net's auxiliary heads.
     """
-    return crop_padding(x, pads).astype(jnp.promote_types(x.dtype, jnp.float32))
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if size is not None:
+        x = jax.image.resize(x, (x.shape[0], *size, x.shape[-1]), method="bilinear")
+    return crop_padding(x, pads)

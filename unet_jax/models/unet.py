@@ -67,10 +67,7 @@ class UNet(nn.Module):
         main = output_logits(nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="head")(x), pads)
         if not (train and aux):
             return main
-        # Resized in float32 at least: bfloat16 logits would round the interpolation too.
-        full = lambda a: jax.image.resize(a.astype(jax.numpy.promote_types(a.dtype, jax.numpy.float32)),
-                                          (*x.shape[:3], a.shape[-1]), method="bilinear")
-        return [main] + [output_logits(full(a), pads) for a in reversed(aux)]
+        return [main] + [output_logits(a, pads, size=x.shape[1:3]) for a in reversed(aux)]
 
     def gate_skip(self, level: int, skip: jax.Array, coarser: jax.Array, train: bool) -> jax.Array:
         """What of encoder level `level`'s feature reaches the decoder: all of it, here.
