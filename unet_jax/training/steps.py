@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from unet_jax.losses import deep_supervision_loss
 from unet_jax.training.state import TrainState
 
 LossFn = Callable[..., jax.Array]
@@ -38,8 +39,7 @@ def heads_loss(
         mutable=["batch_stats"],
     )
     heads = [gather(h) for h in _heads(outputs)]
-    loss = sum(loss_fn(h, batch["label"], mask=batch["mask"]) for h in heads) / len(heads)
-    return loss, updates
+    return deep_supervision_loss(loss_fn, heads, batch["label"], mask=batch["mask"]), updates
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], loss_fn: LossFn) -> tuple[TrainState, dict]:
